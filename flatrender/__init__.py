@@ -1,0 +1,1 @@
+"""FlatRender render orchestrator."""

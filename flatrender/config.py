@@ -1,0 +1,323 @@
+"""One frozen configuration object: defaults in code, a TOML file, environment overrides.
+
+Every key ``[section] key`` may be overridden by ``FLATRENDER_<SECTION>_<KEY>`` (upper case).
+List values are comma-separated text in the environment, mappings are ``name=value`` pairs
+separated by commas. A bad file or value raises :class:`ConfigError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ENV_PREFIX = "FLATRENDER_"
+
+
+class ConfigError(Exception):
+    """A configuration file or value that cannot be used; the message names the key."""
+
+
+@attrs.frozen
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Seconds SIGTERM waits for in-flight requests and messages before the process exits.
+    grace_sec: float = 10.0
+    # Public base URL of the API, used in links handed to people (empty: derived from host/port).
+    public_url: str = ""
+
+
+@attrs.frozen
+class DatabaseConfig:
+    url: str = ""
+    pool_min: int = 2
+    pool_max: int = 10
+
+
+@attrs.frozen
+class S3Config:
+    endpoint: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    bucket: str = "flatrender"
+    region: str = "us-east-1"
+    secure: bool = False
+    # Lifetime of presigned upload and download urls.
+    presign_ttl_sec: int = 900
+    # Threads the minio client may use at once.
+    max_threads: int = 8
+
+
+@attrs.frozen
+class AuthConfig:
+    jwt_secret: str = ""
+    service_tokens: tuple[str, ...] = ()
+    node_master_key: str = ""
+    # A node signature whose timestamp is further than this from now is refused.
+    signature_max_skew_sec: int = 300
+
+
+@attrs.frozen
+class NodesConfig:
+    heartbeat_interval_sec: int = 5
+    heartbeat_timeout_sec: int = 15
+    # Shorter heartbeat interval handed to a node while work waits for it.
+    busy_heartbeat_interval_sec: int = 1
+    max_consecutive_failures: int = 3
+    crash_window_sec: int = 600
+    health_retention_days: int = 7
+
+
+@attrs.frozen
+class JobsConfig:
+    min_chunk_frames: int = 30
+    max_attempts: int = 3
+    # Fraction of a range left unstarted before a late idle node may take its tail.
+    trim_min_tail_frames: int = 60
+
+
+@attrs.frozen
+class PricingConfig:
+    currency: str = "USD"
+    # Minor units per second of output at Medium quality and FullHD.
+    base_per_second_minor: int = 10
+    quality_factor: Mapping[str, float] = attrs.field(
+        factory=lambda: {"Low": 0.5, "Medium": 1.0, "High": 1.5, "Full": 2.0, "Lossless": 3.0}
+    )
+    resolution_factor: Mapping[str, float] = attrs.field(
+        factory=lambda: {"HD": 0.75, "FullHD": 1.0, "TwoK": 1.5, "FourK": 2.5}
+    )
+    fps60_factor: float = 1.5
+    price_type_factor: Mapping[str, float] = attrs.field(
+        factory=lambda: {
+            "Cash": 1.0,
+            "Plan": 1.0,
+            "Reseller": 0.8,
+            "Preview": 0.25,
+            "Free": 0.0,
+            "Snapshot": 0.0,
+        }
+    )
+    support_tip_minor: int = 100
+    # Discount code -> percentage off, applied once per user and code.
+    discount_codes: Mapping[str, float] = attrs.field(factory=dict)
+    export_extend_per_day_minor: int = 5
+
+
+@attrs.frozen
+class ExportsConfig:
+    # Days an export is kept, by price type; others use default_retention_days.
+    default_retention_days: int = 30
+    retention_days: Mapping[str, float] = attrs.field(
+        factory=lambda: {"Free": 3, "Preview": 3, "Cash": 30, "Plan": 30, "Reseller": 90}
+    )
+    download_url_ttl_sec: int = 900
+
+
+@attrs.frozen
+class SnapshotsConfig:
+    expiry_hours: int = 24
+
+
+@attrs.frozen
+class NotifyConfig:
+    webhook_url: str = ""
+    max_attempts: int = 8
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = "INFO"
+
+
+@attrs.frozen
+class Config:
+    http: HttpConfig = attrs.field(factory=HttpConfig)
+    database: DatabaseConfig = attrs.field(factory=DatabaseConfig)
+    s3: S3Config = attrs.field(factory=S3Config)
+    auth: AuthConfig = attrs.field(factory=AuthConfig)
+    nodes: NodesConfig = attrs.field(factory=NodesConfig)
+    jobs: JobsConfig = attrs.field(factory=JobsConfig)
+    pricing: PricingConfig = attrs.field(factory=PricingConfig)
+    exports: ExportsConfig = attrs.field(factory=ExportsConfig)
+    snapshots: SnapshotsConfig = attrs.field(factory=SnapshotsConfig)
+    notify: NotifyConfig = attrs.field(factory=NotifyConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
+
+    @classmethod
+    def load(cls, path: Path | str | None, env: Mapping[str, str] | None = None) -> Config:
+        """Defaults, then the TOML file (if given), then ``FLATRENDER_*`` variables."""
+        raw: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    raw = tomllib.load(f)
+            except OSError as e:
+                raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from e
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"configuration file {path} is not valid TOML: {e}") from e
+        return cls.from_mapping(raw, os.environ if env is None else env)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+        env = env or {}
+        sections: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for name in raw:
+            if name not in hints:
+                raise ConfigError(f"[{name}]: unknown section")
+        for name, section_cls in hints.items():
+            values = raw.get(name, {})
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"[{name}]: must be a table")
+            sections[name] = _load_section(name, section_cls, values, env)
+        config = cls(**sections)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Cross-field checks that no single value can carry."""
+        if not 0 < self.http.port < 65536:
+            raise ConfigError(f"[http] port: {self.http.port} is not a TCP port")
+        if self.nodes.heartbeat_interval_sec <= 0:
+            raise ConfigError("[nodes] heartbeat_interval_sec: must be positive")
+        if self.nodes.heartbeat_timeout_sec <= self.nodes.heartbeat_interval_sec:
+            raise ConfigError(
+                "[nodes] heartbeat_timeout_sec: must be longer than heartbeat_interval_sec"
+            )
+        if self.jobs.min_chunk_frames < 1:
+            raise ConfigError("[jobs] min_chunk_frames: must be at least 1")
+        if self.jobs.max_attempts < 1:
+            raise ConfigError("[jobs] max_attempts: must be at least 1")
+        if self.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"[log] level: unknown level {self.log.level!r}")
+        if len(self.s3.bucket) < 3:
+            raise ConfigError("[s3] bucket: needs at least 3 characters")
+
+    def require_secrets(self) -> None:
+        """``serve`` needs real secrets; ``dev`` generates its own."""
+        for key, value in (
+            ("[auth] jwt_secret", self.auth.jwt_secret),
+            ("[auth] node_master_key", self.auth.node_master_key),
+            ("[database] url", self.database.url),
+            ("[s3] endpoint", self.s3.endpoint),
+        ):
+            if not value:
+                raise ConfigError(f"{key}: must be set")
+        if len(self.auth.jwt_secret.encode()) < 32:
+            raise ConfigError("[auth] jwt_secret: must be at least 32 bytes (RFC 7518 §3.2)")
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as plain data with every secret masked, for logs."""
+        data = attrs.asdict(self, recurse=True)
+        for section, key in _SECRET_KEYS:
+            value = data[section][key]
+            if value:
+                data[section][key] = ["***"] * len(value) if isinstance(value, tuple) else "***"
+        return data
+
+
+_SECRET_KEYS = (
+    ("auth", "jwt_secret"),
+    ("auth", "service_tokens"),
+    ("auth", "node_master_key"),
+    ("s3", "secret_key"),
+    ("database", "url"),
+)
+
+
+def _load_section(
+    section: str, section_cls: type, values: Mapping[str, Any], env: Mapping[str, str]
+) -> Any:
+    hints = typing.get_type_hints(section_cls)
+    names = {f.name for f in attrs.fields(section_cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"[{section}] {key}: unknown key")
+    kwargs: dict[str, Any] = {}
+    for name in names:
+        where = f"[{section}] {name}"
+        env_name = f"{ENV_PREFIX}{section}_{name}".upper()
+        if env_name in env:
+            kwargs[name] = _from_env(where, env_name, hints[name], env[env_name])
+        elif name in values:
+            kwargs[name] = _from_toml(where, hints[name], values[name])
+    return section_cls(**kwargs)
+
+
+def _from_toml(where: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            return _split_list(value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return tuple(value)
+    if origin is not None and issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table")
+        out: dict[str, float] = {}
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"{where}.{k}: expected a number, got {v!r}")
+            out[str(k)] = float(v)
+        return out
+    raise ConfigError(f"{where}: unsupported type {hint!r}")  # pragma: no cover
+
+
+def _from_env(where: str, env_name: str, hint: Any, text: str) -> Any:
+    try:
+        if hint is bool:
+            lowered = text.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        if hint is str:
+            return text
+        if typing.get_origin(hint) is tuple:
+            return _split_list(text)
+        return _parse_pairs(text)
+    except ValueError:
+        raise ConfigError(f"{where} (from {env_name}): cannot use {text!r}") from None
+
+
+def _split_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _parse_pairs(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in _split_list(text):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(part)
+        out[key.strip()] = float(value)
+    return out

@@ -1,0 +1,154 @@
+"""The composition root: one trio program, one root nursery, everything wired by hand.
+
+``Daemon.run`` owns, inside ``trio_asyncio.open_loop()``: the database pool, the actor system and
+the HTTP front (Hypercorn as one child of the root nursery, never the owner of the actors).
+It publishes readiness (``task_status.started`` and systemd ``READY=1``) only once every part
+is up, and on :meth:`Daemon.stop` stops accepting, lets in-flight requests finish within the
+grace period, stops the actors and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+import trio_asyncio
+
+from flatrender import logs, systemd
+from flatrender.actors.system import ActorSystem
+from flatrender.config import Config, ConfigError
+from flatrender.http.app import create_app
+from flatrender.http.common import AppState
+from flatrender.persistence.db import open_database
+from flatrender.persistence.migrate import check_current
+
+log = logging.getLogger("flatrender.daemon")
+
+# Keys whose change needs a restart: a reload keeps the old value and says so.
+RESTART_ONLY = (("http", "host"), ("http", "port"), ("database", "url"), ("s3", "endpoint"))
+
+
+@attrs.define
+class Daemon:
+    config: Config
+    config_path: Path | None = None
+    # Listening sockets handed over by systemd (fds); empty: bind host/port from config.
+    listen_fds: Sequence[int] = ()
+    binds: list[str] = attrs.field(factory=list)
+    app_state: AppState | None = None
+    _stop: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio_asyncio.open_loop():
+            await self._run_in_loop(task_status)
+
+    async def _run_in_loop(self, task_status: trio.TaskStatus[Daemon]) -> None:
+        cfg = self.config
+        async with open_database(
+            cfg.database.url, cfg.database.pool_min, cfg.database.pool_max
+        ) as db:
+            await check_current(db)
+            self.app_state = AppState(config=cfg, db=db)
+            async with trio.open_nursery() as root:
+                system = ActorSystem()
+                await root.start(system.run)
+                self.app_state.services["actors"] = system
+                self.binds = await root.start(
+                    partial(
+                        hypercorn.trio.serve,
+                        create_app(self.app_state),
+                        self._hypercorn_config(),
+                        shutdown_trigger=self._stop.wait,
+                    )
+                )
+                interval = systemd.watchdog_interval()
+                if interval is not None:
+                    root.start_soon(systemd.watchdog_loop, interval)
+                log.info("serving on %s", ", ".join(self.binds))
+                systemd.ready()
+                task_status.started(self)
+                await self._stop.wait()
+                systemd.stopping()
+                log.info(
+                    "stopping: no new connections; in-flight requests get %ss", cfg.http.grace_sec
+                )
+                # Hypercorn has stopped listening and drains its connections within the grace
+                # period; the actors finish the message in hand and persist before they stop.
+                with trio.move_on_after(cfg.http.grace_sec + 1):
+                    await system.drain()
+                root.cancel_scope.deadline = trio.current_time() + cfg.http.grace_sec + 1
+        log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """Re-read the configuration file; a bad file keeps the running configuration."""
+        systemd.reloading()
+        try:
+            new = Config.load(self.config_path) if self.config_path else Config.load(None)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            systemd.ready()
+            return
+        for section, key in RESTART_ONLY:
+            if getattr(getattr(new, section), key) != getattr(getattr(self.config, section), key):
+                log.warning("[%s] %s changed: takes effect after a restart", section, key)
+        new = _keep_restart_only(new, self.config)
+        self.config = new
+        if self.app_state is not None:
+            self.app_state.config = new
+        logs.set_level(new.log.level)
+        log.info("configuration reloaded")
+        systemd.ready()
+
+    def _hypercorn_config(self) -> hypercorn.config.Config:
+        hc = hypercorn.config.Config()
+        hc.bind = systemd.hypercorn_binds(
+            self.listen_fds, self.config.http.host, self.config.http.port
+        )
+        hc.graceful_timeout = self.config.http.grace_sec
+        # Hypercorn re-listens on an inherited socket: keep the queue systemd set up.
+        hc.backlog = 1024
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        return hc
+
+
+def _keep_restart_only(new: Config, old: Config) -> Config:
+    return attrs.evolve(
+        new,
+        http=attrs.evolve(new.http, host=old.http.host, port=old.http.port),
+        database=attrs.evolve(new.database, url=old.database.url),
+        s3=attrs.evolve(new.s3, endpoint=old.s3.endpoint),
+    )
+
+
+async def handle_signals(daemon: Daemon) -> None:
+    """SIGTERM/SIGINT stop the daemon gracefully; SIGHUP reloads its configuration."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading configuration")
+                daemon.reload()
+            else:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                daemon.stop()
+                return
+
+
+async def serve_forever(
+    daemon: Daemon, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the daemon with signal handling until it stops; started once the daemon is ready."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle_signals, daemon)
+        await daemon.run(task_status=task_status)
+        nursery.cancel_scope.cancel()

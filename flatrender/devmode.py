@@ -1,0 +1,219 @@
+"""``flatrender dev``: the whole system on one machine with nothing set up beforehand.
+
+Embedded PostgreSQL and S3 live in the state folder (a configured DSN or S3 endpoint replaces
+them), migrations are applied, demo projects and a balance are seeded, and the tokens a person
+needs are printed and written to ``<state-dir>/dev.json``. Secrets are generated once and kept in
+``<state-dir>/secrets.json`` so a second run reuses the data and the tokens stay valid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4, uuid5
+
+import attrs
+import trio
+import trio_asyncio
+
+from flatrender import logs
+from flatrender.config import Config
+from flatrender.daemon import Daemon, serve_forever
+from flatrender.domain.catalog import ProjectSpec, Scene
+from flatrender.embedded import EmbeddedPostgres, EmbeddedS3
+from flatrender.http.auth import mint_token
+from flatrender.persistence import catalog, ledger
+from flatrender.persistence.db import Database, open_database
+from flatrender.persistence.migrate import migrate
+
+log = logging.getLogger("flatrender.dev")
+
+DEV_DATABASE = "flatrender"
+DEMO_NAMESPACE = UUID("5d0e8a9c-7a51-4d0c-9a8e-0f1a2b3c4d5e")
+DEMO_BALANCE_MINOR = 1_000_000
+TOKEN_TTL_SEC = 30 * 24 * 3600
+
+
+def read_dev_secrets(state_dir: Path) -> dict[str, str]:
+    path = state_dir / "secrets.json"
+    if not path.exists():
+        return {}
+    data: dict[str, str] = json.loads(path.read_text())
+    return data
+
+
+def _secrets(state_dir: Path) -> dict[str, str]:
+    found = read_dev_secrets(state_dir)
+    wanted: dict[str, Callable[[], str]] = {
+        "jwt_secret": lambda: secrets.token_urlsafe(32),
+        "service_token": lambda: "svc-" + secrets.token_urlsafe(24),
+        "node_master_key": lambda: secrets.token_hex(32),
+        "user_id": lambda: str(uuid4()),
+        "admin_id": lambda: str(uuid4()),
+        "s3_access_key": lambda: "dev" + secrets.token_hex(8),
+        "s3_secret_key": lambda: secrets.token_urlsafe(24),
+    }
+    missing = {k: make() for k, make in wanted.items() if k not in found}
+    if missing:
+        found.update(missing)
+        path = state_dir / "secrets.json"
+        path.write_text(json.dumps(found, indent=2))
+        path.chmod(0o600)
+    return found
+
+
+def demo_projects(owner: UUID) -> list[tuple[UUID, ProjectSpec]]:
+    """Short projects so the simulated farm renders them in seconds."""
+
+    def spec(name: str, fps: int, scenes: list[Scene]) -> tuple[UUID, ProjectSpec]:
+        total = scenes[-1].end_frame + 1
+        md5 = uuid5(DEMO_NAMESPACE, "template:" + name).hex
+        return uuid5(DEMO_NAMESPACE, name), ProjectSpec(
+            owner_user_id=owner,
+            name=name,
+            template_md5=md5,
+            template_url=f"demo://templates/{md5}.aep",
+            ae_version="2024",
+            frame_rate=fps,
+            total_frames=total,
+            duration_sec=total / fps,
+            scenes=scenes,
+            has_voiceover=False,
+        )
+
+    return [
+        spec(
+            "Demo promo",
+            30,
+            [Scene("intro", 0, 89), Scene("product", 90, 209), Scene("outro", 210, 299)],
+        ),
+        spec("Demo story", 25, [Scene("opening", 0, 124), Scene("ending", 125, 249)]),
+        spec("Demo teaser", 60, [Scene("main", 0, 179)]),
+    ]
+
+
+async def seed(db: Database, user_id: UUID) -> list[UUID]:
+    """Idempotent: projects are upserted, the balance is credited once."""
+    ids = []
+    for project_id, spec in demo_projects(user_id):
+        await catalog.upsert(db, project_id, spec)
+        ids.append(project_id)
+    seeded = await db.fetchval(
+        "SELECT 1 FROM ledger_entries WHERE user_id = $1 AND note = 'dev seed'", user_id
+    )
+    if not seeded:
+        await ledger.credit(db, user_id, DEMO_BALANCE_MINOR, note="dev seed")
+    return ids
+
+
+def run_dev(state_dir: Path, *, port: int, nodes: int, config_path: Path | None) -> int:
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    keys = _secrets(state_dir)
+    base = Config.load(config_path)
+    logs.configure(base.log.level)
+    pg: EmbeddedPostgres | None = None
+    s3: EmbeddedS3 | None = None
+    try:
+        database_url = base.database.url
+        if not database_url:
+            pg = EmbeddedPostgres(state_dir / "pg").start()
+            database_url = pg.create_database(DEV_DATABASE, replace=False)
+        s3_cfg = base.s3
+        if not s3_cfg.endpoint:
+            s3 = EmbeddedS3(
+                state_dir / "s3",
+                access_key=keys["s3_access_key"],
+                secret_key=keys["s3_secret_key"],
+                bucket=s3_cfg.bucket,
+            ).start()
+            s3_cfg = attrs.evolve(
+                s3_cfg, endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key
+            )
+        config = attrs.evolve(
+            base,
+            http=attrs.evolve(base.http, port=port),
+            database=attrs.evolve(base.database, url=database_url),
+            s3=s3_cfg,
+            auth=attrs.evolve(
+                base.auth,
+                jwt_secret=base.auth.jwt_secret or keys["jwt_secret"],
+                service_tokens=base.auth.service_tokens or (keys["service_token"],),
+                node_master_key=base.auth.node_master_key or keys["node_master_key"],
+            ),
+        )
+        trio.run(_run, config, config_path, state_dir, keys, nodes)
+    finally:
+        if s3 is not None:
+            s3.stop()
+        if pg is not None:
+            pg.stop()
+    return 0
+
+
+async def _run(
+    config: Config, config_path: Path | None, state_dir: Path, keys: dict[str, str], nodes: int
+) -> None:
+    user_id = UUID(keys["user_id"])
+    async with trio_asyncio.open_loop(), open_database(config.database.url, 1, 2) as db:
+        applied = await migrate(db)
+        if applied:
+            log.info("applied %d migration(s)", len(applied))
+        project_ids = await seed(db, user_id)
+    daemon = Daemon(config, config_path=config_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_forever, daemon)
+        info = dev_info(config, keys, daemon.binds)
+        info["demo_project_ids"] = [str(p) for p in project_ids]
+        path = state_dir / "dev.json"
+        path.write_text(json.dumps(info, indent=2))
+        path.chmod(0o600)
+        _announce(info, path, nodes)
+
+
+def dev_info(config: Config, keys: dict[str, str], binds: list[str]) -> dict[str, Any]:
+    api = binds[0] if binds else f"http://{config.http.host}:{config.http.port}"
+    return {
+        "api_url": f"{api}/v1",
+        "ws_url": api.replace("http://", "ws://", 1) + "/ws/v1",
+        "admin_token": mint_token(
+            config.auth.jwt_secret, UUID(keys["admin_id"]), "admin", TOKEN_TTL_SEC
+        ),
+        "user_token": mint_token(
+            config.auth.jwt_secret, UUID(keys["user_id"]), "user", TOKEN_TTL_SEC
+        ),
+        "user_id": keys["user_id"],
+        "service_token": config.auth.service_tokens[0],
+        "node_master_key": config.auth.node_master_key,
+        "s3_endpoint": config.s3.endpoint,
+        "s3_access_key": config.s3.access_key,
+        "s3_secret_key": config.s3.secret_key,
+        "s3_bucket": config.s3.bucket,
+        "database_url": config.database.url,
+    }
+
+
+def _announce(info: dict[str, Any], path: Path, nodes: int) -> None:
+    lines = [
+        "",
+        "FlatRender dev is up.",
+        f"  API         {info['api_url']}   (OpenAPI: {info['api_url']}/openapi.json)",
+        f"  WebSocket   {info['ws_url']}/render/<job_id>",
+        f"  user id     {info['user_id']}",
+        f"  user token  {info['user_token']}",
+        f"  admin token {info['admin_token']}",
+        f"  service     {info['service_token']}",
+        f"  S3          {info['s3_endpoint']} bucket {info['s3_bucket']}",
+        f"  everything above is in {path}",
+    ]
+    if nodes:
+        lines.append(
+            f"  simulated nodes: {nodes} requested; none run yet (the agent comes with issue 3)"
+        )
+    lines.append("Ctrl-C stops everything.")
+    print("\n".join(lines), file=sys.stderr, flush=True)

@@ -1,0 +1,43 @@
+"""The Quart-Trio application: routes under /v1, one error format, no business rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Response, jsonify
+from quart_trio import QuartTrio
+
+from flatrender.http import billing, catalog
+from flatrender.http.common import AppState
+from flatrender.http.errors import register_error_handlers
+from flatrender.http.openapi import openapi_document
+from flatrender.http.pending import register_placeholders
+
+# Node reports and API bodies are small; anything bigger is a mistake or an attack.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(app_state: AppState) -> QuartTrio:
+    app = QuartTrio("flatrender")
+    app.config["FLATRENDER_STATE"] = app_state
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    register_error_handlers(app)
+    for blueprint in (catalog.bp, billing.bp):
+        app.register_blueprint(blueprint)
+
+    @app.get("/v1/openapi.json")
+    async def served_openapi() -> Response:
+        return jsonify(_OPENAPI)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        await app_state.db.fetchval("SELECT 1")
+        return {"status": "ok"}
+
+    register_placeholders(app)
+    return app
+
+
+_OPENAPI = openapi_document()

@@ -1,0 +1,117 @@
+"""Who is calling: users by JWT (HS256), services by opaque tokens from configuration.
+
+Users see only what they own; admins and services see everything; node pool administration is
+for admins and services; catalog and billing extensions are for services alone (DESIGN §5).
+Tokens and secrets are never logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import time
+from uuid import UUID
+
+import attrs
+import jwt
+
+from flatrender.config import AuthConfig
+from flatrender.http.errors import ApiError, forbidden, not_found, unauthorized
+
+
+class Role(enum.Enum):
+    USER = "user"
+    ADMIN = "admin"
+    SERVICE = "service"
+
+
+@attrs.frozen
+class Principal:
+    role: Role
+    user_id: UUID | None  # None for a service
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in (Role.ADMIN, Role.SERVICE)
+
+    def can_see(self, owner_user_id: UUID) -> bool:
+        return self.is_admin or self.user_id == owner_user_id
+
+
+def authenticate(authorization: str | None, auth: AuthConfig) -> Principal:
+    """Resolve an ``Authorization`` header value; every failure is a 401."""
+    if not authorization:
+        raise unauthorized("missing Authorization header (Bearer token)")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise unauthorized("the Authorization header must be 'Bearer <token>'")
+    return authenticate_token(token, auth)
+
+
+def authenticate_token(token: str, auth: AuthConfig) -> Principal:
+    if _is_service_token(token, auth.service_tokens):
+        return Principal(Role.SERVICE, None)
+    return _decode_user(token, auth.jwt_secret)
+
+
+def _is_service_token(token: str, service_tokens: tuple[str, ...]) -> bool:
+    supplied = token.encode()
+    # Compare against every configured token so timing does not reveal which one nearly matched.
+    matched = False
+    for candidate in service_tokens:
+        matched |= hmac.compare_digest(supplied, candidate.encode())
+    return matched
+
+
+def _decode_user(token: str, secret: str) -> Principal:
+    if not secret:
+        raise unauthorized("user tokens are not accepted: no JWT secret is configured")
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise unauthorized("the token has expired") from None
+    except jwt.InvalidTokenError:
+        raise unauthorized("the token is not valid") from None
+    try:
+        user_id = UUID(str(claims["sub"]))
+    except ValueError:
+        raise unauthorized("the token's subject is not a user id") from None
+    role_name = claims.get("role", "user")
+    if role_name not in ("user", "admin"):
+        raise unauthorized("the token's role is unknown")
+    return Principal(Role(role_name), user_id)
+
+
+def mint_token(secret: str, user_id: UUID, role: str = "user", ttl_sec: int = 3600) -> str:
+    """A user JWT, for ``flatrender token`` and for tests."""
+    if role not in ("user", "admin"):
+        raise ValueError(f"role must be user or admin, not {role!r}")
+    now = int(time.time())
+    claims = {"sub": str(user_id), "role": role, "iat": now, "exp": now + ttl_sec}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise forbidden("this operation is for administrators")
+
+
+def require_service(principal: Principal) -> None:
+    if principal.role is not Role.SERVICE:
+        raise forbidden("this operation needs a service token")
+
+
+def require_owner(principal: Principal, owner_user_id: UUID, what: str, ident: object) -> None:
+    """Someone else's resource is reported as absent, not forbidden: ids do not leak."""
+    if not principal.can_see(owner_user_id):
+        raise not_found(what, ident)
+
+
+def acting_user(principal: Principal) -> UUID:
+    """The user a request acts for; services and admins without a subject cannot submit."""
+    if principal.user_id is None:
+        raise ApiError(403, "forbidden", "this operation needs a user token")
+    return principal.user_id

@@ -1,0 +1,93 @@
+"""What every handler needs: the app's state, the caller, the body, paging, path ids."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+from uuid import UUID
+
+import attrs
+from quart import current_app, request
+
+from flatrender.config import Config
+from flatrender.http.auth import Principal, authenticate
+from flatrender.http.codec import parse_json, structure
+from flatrender.http.errors import unprocessable
+from flatrender.persistence.db import Database
+
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+
+@attrs.define
+class AppState:
+    """Shared by all handlers. ``config`` is replaced as a whole on SIGHUP, never mutated."""
+
+    config: Config
+    db: Database
+    # Filled by the composition root as later parts come up (object store, actor system).
+    services: dict[str, Any] = attrs.field(factory=dict)
+
+
+def state() -> AppState:
+    value = current_app.config["FLATRENDER_STATE"]
+    assert isinstance(value, AppState)
+    return value
+
+
+def caller() -> Principal:
+    return authenticate(request.headers.get("Authorization"), state().config.auth)
+
+
+async def body(cls: type[T]) -> T:
+    raw = await request.get_data(as_text=False)
+    assert isinstance(raw, bytes)
+    return structure(parse_json(raw), cls)
+
+
+def path_uuid(name: str, value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise unprocessable(
+            f"{name} must be a uuid", [{"field": name, "message": f"{value!r} is not a uuid"}]
+        ) from None
+
+
+@attrs.frozen
+class Page:
+    page: int
+    page_size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.page_size
+
+    def meta(self, total: int) -> dict[str, Any]:
+        return {
+            "page": self.page,
+            "page_size": self.page_size,
+            "total": total,
+            "has_more": self.offset + self.page_size < total,
+        }
+
+
+def page_from_query() -> Page:
+    """``page`` from 1, ``page_size`` clamped to 1..100; non-integers are a 422."""
+    page = _query_int("page", 1)
+    page_size = _query_int("page_size", DEFAULT_PAGE_SIZE)
+    return Page(max(page, 1), min(max(page_size, 1), MAX_PAGE_SIZE))
+
+
+def _query_int(name: str, default: int) -> int:
+    text = request.args.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise unprocessable(
+            f"query parameter {name} must be an integer",
+            [{"field": name, "message": f"{text!r} is not an integer"}],
+        ) from None

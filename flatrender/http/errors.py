@@ -1,0 +1,105 @@
+"""The one error format of the API (DESIGN §5) and the handlers that enforce it.
+
+Every failure leaves as ``{"error": {"code", "message", "details"}}``: client mistakes as 4xx,
+unavailable dependencies as 503, and anything unexpected as a bare 500 that carries no trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Quart, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from flatrender.persistence.db import DatabaseUnavailable
+
+log = logging.getLogger("flatrender.http")
+
+
+class ApiError(Exception):
+    """Raised anywhere below a handler; becomes the JSON error body with ``status``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def bad_request(code: str, message: str, **details: Any) -> ApiError:
+    return ApiError(400, code, message, details)
+
+
+def unauthorized(message: str = "authentication required") -> ApiError:
+    return ApiError(401, "unauthorized", message)
+
+
+def forbidden(message: str = "not allowed") -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+def not_found(what: str, ident: object = None) -> ApiError:
+    details = {} if ident is None else {"id": str(ident)}
+    return ApiError(404, "not_found", f"{what} not found", details)
+
+
+def conflict(code: str, message: str, **details: Any) -> ApiError:
+    return ApiError(409, code, message, details)
+
+
+def unprocessable(message: str, errors: list[dict[str, str]]) -> ApiError:
+    return ApiError(422, "validation_failed", message, {"errors": errors})
+
+
+def not_implemented(operation: str, owner_issue: int) -> ApiError:
+    return ApiError(
+        501,
+        "not_implemented",
+        f"{operation} is not implemented yet",
+        {"tracked_in_issue": owner_issue},
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> Response:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(ApiError)
+    async def _api_error(error: ApiError) -> Response:
+        return error_response(error.status, error.code, error.message, error.details)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = "no such endpoint" if status == 404 else (error.description or error.name)
+        return error_response(status, code, message)
+
+    @app.errorhandler(DatabaseUnavailable)
+    async def _db_unavailable(error: DatabaseUnavailable) -> Response:
+        log.warning("database unavailable: %s", error)
+        return error_response(503, "database_unavailable", "the database is unavailable, retry")
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error in request")
+        return error_response(500, "internal_error", "internal error")
