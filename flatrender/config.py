@@ -183,7 +183,7 @@ class Config:
 
     def validate(self) -> None:
         """Cross-field checks that no single value can carry."""
-        if not 0 < self.http.port < 65536:
+        if not 0 <= self.http.port < 65536:  # 0: any free port (tests)
             raise ConfigError(f"[http] port: {self.http.port} is not a TCP port")
         if self.nodes.heartbeat_interval_sec <= 0:
             raise ConfigError("[nodes] heartbeat_interval_sec: must be positive")

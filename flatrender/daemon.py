@@ -28,6 +28,7 @@ from flatrender.http.app import create_app
 from flatrender.http.common import AppState
 from flatrender.persistence.db import open_database
 from flatrender.persistence.migrate import check_current
+from flatrender.storage import MinioStore, StorageUnavailable
 
 log = logging.getLogger("flatrender.daemon")
 
@@ -46,8 +47,16 @@ class Daemon:
     _stop: trio.Event = attrs.field(factory=trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio_asyncio.open_loop():
-            await self._run_in_loop(task_status)
+        """Run until :meth:`stop`. Start-up failures (``SchemaBehind``, ``DatabaseUnavailable``)
+        are raised as themselves, not wrapped in the exception groups of the nurseries."""
+        try:
+            async with trio_asyncio.open_loop():
+                await self._run_in_loop(task_status)
+        except BaseExceptionGroup as group:
+            leaf = sole_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from None
 
     async def _run_in_loop(self, task_status: trio.TaskStatus[Daemon]) -> None:
         cfg = self.config
@@ -55,11 +64,18 @@ class Daemon:
             cfg.database.url, cfg.database.pool_min, cfg.database.pool_max
         ) as db:
             await check_current(db)
-            self.app_state = AppState(config=cfg, db=db)
+            store = MinioStore(cfg.s3)
+            try:
+                await store.ensure_bucket()
+            except StorageUnavailable as e:
+                log.warning(
+                    "object storage unavailable at start (requests needing it get 503): %s", e
+                )
+            self.app_state = AppState(config=cfg, db=db, store=store)
             async with trio.open_nursery() as root:
                 system = ActorSystem()
                 await root.start(system.run)
-                self.app_state.services["actors"] = system
+                self.app_state.actors = system
                 self.binds = await root.start(
                     partial(
                         hypercorn.trio.serve,
@@ -120,6 +136,16 @@ class Daemon:
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         return hc
+
+
+def sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside nested single-member groups, or None if there are several."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _keep_restart_only(new: Config, old: Config) -> Config:

@@ -23,6 +23,7 @@ from flatrender.http.auth import mint_token
 from flatrender.http.common import AppState
 from flatrender.persistence.db import Database, open_database
 from flatrender.persistence.migrate import migrate
+from flatrender.storage import MinioStore
 from tests.helpers import Tokens
 
 TEMPLATE_DB = "flatrender_template"
@@ -102,7 +103,7 @@ def tokens() -> Tokens:
 
 @pytest.fixture
 async def app_state(config: Config, db: Database) -> AppState:
-    return AppState(config=config, db=db)
+    return AppState(config=config, db=db, store=MinioStore(config.s3))
 
 
 @pytest.fixture

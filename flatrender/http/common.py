@@ -8,11 +8,13 @@ from uuid import UUID
 import attrs
 from quart import current_app, request
 
+from flatrender.actors.system import ActorSystem
 from flatrender.config import Config
 from flatrender.http.auth import Principal, authenticate
 from flatrender.http.codec import parse_json, structure
 from flatrender.http.errors import unprocessable
 from flatrender.persistence.db import Database
+from flatrender.storage import ObjectStore
 
 T = TypeVar("T")
 
@@ -26,8 +28,10 @@ class AppState:
 
     config: Config
     db: Database
-    # Filled by the composition root as later parts come up (object store, actor system).
-    services: dict[str, Any] = attrs.field(factory=dict)
+    store: ObjectStore
+    # Set by the composition root once the actor system is up (None in socket-free tests
+    # that exercise only persistence-backed routes).
+    actors: ActorSystem | None = None
 
 
 def state() -> AppState:

@@ -13,6 +13,7 @@ from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from flatrender.persistence.db import DatabaseUnavailable
+from flatrender.storage import StorageUnavailable
 
 log = logging.getLogger("flatrender.http")
 
@@ -98,6 +99,13 @@ def register_error_handlers(app: Quart) -> None:
     async def _db_unavailable(error: DatabaseUnavailable) -> Response:
         log.warning("database unavailable: %s", error)
         return error_response(503, "database_unavailable", "the database is unavailable, retry")
+
+    @app.errorhandler(StorageUnavailable)
+    async def _storage_unavailable(error: StorageUnavailable) -> Response:
+        log.warning("object storage unavailable: %s", error)
+        return error_response(
+            503, "storage_unavailable", "object storage is unavailable, retry later"
+        )
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:

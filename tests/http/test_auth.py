@@ -38,7 +38,9 @@ async def test_expired_jwt_is_401(client, tokens: Tokens) -> None:
 
 async def test_forged_jwt_is_401(client) -> None:
     token = jwt.encode(
-        {"sub": str(uuid4()), "exp": int(time.time()) + 60}, "another-secret-entirely-but-long-enough-for-hs256", "HS256"
+        {"sub": str(uuid4()), "exp": int(time.time()) + 60},
+        "another-secret-entirely-but-long-enough-for-hs256",
+        "HS256",
     )
     assert (await client.get("/v1/renders", headers=bearer(token))).status_code == 401
 

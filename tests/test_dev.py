@@ -1,0 +1,108 @@
+"""`flatrender dev` comes up from nothing, writes dev.json, answers, stops, and reuses its data."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import bearer
+from tests.test_daemon import free_port
+
+DEV_FIELDS = {
+    "api_url",
+    "ws_url",
+    "admin_token",
+    "user_token",
+    "user_id",
+    "service_token",
+    "node_master_key",
+    "s3_endpoint",
+    "s3_access_key",
+    "s3_secret_key",
+    "s3_bucket",
+    "database_url",
+}
+
+
+def start_dev(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    (state_dir / "dev.json").unlink(missing_ok=True)
+    log = (state_dir.parent / f"dev-{port}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "flatrender.cli", "dev", "--state-dir", str(state_dir)]
+        + ["--port", str(port), "--nodes", "0"],
+        stderr=log,
+        stdout=log,
+    )
+
+
+def wait_dev_json(state_dir: Path, proc: subprocess.Popen[bytes]) -> dict[str, str]:
+    deadline = time.monotonic() + 60
+    path = state_dir / "dev.json"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "flatrender dev exited early"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        time.sleep(0.1)
+    raise AssertionError("dev.json never appeared")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_dev_comes_up_answers_stops_and_reuses_its_data(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    port = free_port()
+    proc = start_dev(state_dir, port)
+    try:
+        info = wait_dev_json(state_dir, proc)
+        assert DEV_FIELDS <= set(info)
+        assert info["api_url"] == f"http://127.0.0.1:{port}/v1"
+        api = info["api_url"]
+        assert httpx.get(f"{api}/openapi.json").status_code == 200
+        account = httpx.get(
+            f"{api}/billing/accounts/{info['user_id']}", headers=bearer(info["service_token"])
+        ).json()
+        seeded = account["balance_minor"]
+        assert seeded > 0
+        projects = json.loads((state_dir / "dev.json").read_text())["demo_project_ids"]
+        project = httpx.get(
+            f"{api}/catalog/projects/{projects[0]}", headers=bearer(info["service_token"])
+        ).json()
+        assert project["owner_user_id"] == info["user_id"]
+        # The user token is a working user JWT (the render list answers, not 401).
+        assert httpx.get(f"{api}/renders", headers=bearer(info["user_token"])).status_code != 401
+    finally:
+        assert stop(proc) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+    proc = start_dev(state_dir, port)
+    try:
+        again = wait_dev_json(state_dir, proc)
+        assert again["user_id"] == info["user_id"]
+        assert again["service_token"] == info["service_token"]
+        account = httpx.get(
+            f"{again['api_url']}/billing/accounts/{info['user_id']}",
+            headers=bearer(again["service_token"]),
+        ).json()
+        assert account["balance_minor"] == seeded  # seeded once, not twice
+    finally:
+        assert stop(proc) == 0
+    leftover = subprocess.run(
+        ["pgrep", "-f", str(state_dir)], capture_output=True, text=True
+    ).stdout.split()
+    assert leftover == []
