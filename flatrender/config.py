@@ -132,6 +132,25 @@ class NotifyConfig:
 
 
 @attrs.frozen
+class UpdatesConfig:
+    """Staged rollout of node software updates (see ``flatrender.domain.rollout``)."""
+
+    # The first stage updates this share of the chosen nodes (at least one); each next doubles.
+    stage1_fraction: float = 0.1
+    # A stage advances this long after its last confirmation, if nothing halted it.
+    observe_sec: int = 300
+    # Halt when updated nodes crash more than this many times as often as the rest ...
+    crash_rate_factor: float = 2.0
+    # ... and at least this often (crashes per node-hour), with at least min_crashes crashes.
+    min_crash_rate_per_hour: float = 1.0
+    min_crashes: int = 2
+    # A node that has not confirmed the new version this long after the command halts the rollout.
+    confirm_timeout_sec: int = 1800
+    # Seconds between two rounds of the rollout actor.
+    tick_sec: float = 2.0
+
+
+@attrs.frozen
 class LogConfig:
     level: str = "INFO"
 
@@ -148,6 +167,7 @@ class Config:
     exports: ExportsConfig = attrs.field(factory=ExportsConfig)
     snapshots: SnapshotsConfig = attrs.field(factory=SnapshotsConfig)
     notify: NotifyConfig = attrs.field(factory=NotifyConfig)
+    updates: UpdatesConfig = attrs.field(factory=UpdatesConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
 
     @classmethod
@@ -195,6 +215,10 @@ class Config:
             raise ConfigError("[jobs] min_chunk_frames: must be at least 1")
         if self.jobs.max_attempts < 1:
             raise ConfigError("[jobs] max_attempts: must be at least 1")
+        if not 0 < self.updates.stage1_fraction <= 1:
+            raise ConfigError("[updates] stage1_fraction: must be in (0, 1]")
+        if self.updates.tick_sec <= 0 or self.updates.crash_rate_factor <= 0:
+            raise ConfigError("[updates] tick_sec and crash_rate_factor: must be positive")
         if self.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"[log] level: unknown level {self.log.level!r}")
         if len(self.s3.bucket) < 3:

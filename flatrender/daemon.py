@@ -73,7 +73,7 @@ class Daemon:
                 )
             self.app_state = AppState(config=cfg, db=db, store=store)
             async with trio.open_nursery() as root:
-                system = ActorSystem()
+                system = ActorSystem(db, lambda: self.config)
                 await root.start(system.run)
                 self.app_state.actors = system
                 self.binds = await root.start(

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio_asyncio
 
+from flatrender.actors.system import ActorSystem
 from flatrender.config import Config
 from flatrender.embedded import EmbeddedPostgres, EmbeddedS3
 from flatrender.http.app import create_app
@@ -102,8 +103,19 @@ def tokens() -> Tokens:
 
 
 @pytest.fixture
-async def app_state(config: Config, db: Database) -> AppState:
-    return AppState(config=config, db=db, store=MinioStore(config.s3))
+async def actor_system(
+    db: Database, config: Config, nursery: trio.Nursery
+) -> AsyncIterator[ActorSystem]:
+    """The real actor system (health writer, fleet, reaper) on this test's database."""
+    system = ActorSystem(db, lambda: config)
+    await nursery.start(system.run)
+    yield system
+    await system.drain()
+
+
+@pytest.fixture
+async def app_state(config: Config, db: Database, actor_system: ActorSystem) -> AppState:
+    return AppState(config=config, db=db, store=MinioStore(config.s3), actors=actor_system)
 
 
 @pytest.fixture

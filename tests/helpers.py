@@ -20,3 +20,15 @@ class Tokens:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def signed_headers(
+    secret: str, method: str, path: str, raw: bytes, t: int | None = None
+) -> dict[str, str]:
+    """Headers of a node protocol v1 request (DESIGN §4)."""
+    import time
+
+    from flatrender.domain.signing import HEADER, sign
+
+    stamp = int(time.time()) if t is None else t
+    return {HEADER: sign(secret, stamp, method, path, raw), "Content-Type": "application/json"}

@@ -1,25 +1,69 @@
-"""The actor system: the root supervisor under which every long-lived actor runs (DESIGN §1).
+"""The actor system: the root supervisor and the long-lived actors under it (DESIGN §1).
 
-Later parts add their supervisors and singletons (node supervisor, job supervisor, scheduler,
-progress hub, health writer, merger, reaper) as children of ``root`` with their own ChildSpec.
+Order matters and is explicit: the health writer first (node actors feed it), then the fleet
+(node actors rebuilt from PostgreSQL), then the reaper. Each is a PERMANENT child of the root
+supervisor; an actor object survives its own restarts, so handles held elsewhere stay valid.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
+from uuid import UUID
 
 import trio
 
+from flatrender.actors.fleet import Fleet
+from flatrender.actors.health_writer import HealthWriter
+from flatrender.actors.node import NodeDeps
+from flatrender.actors.reaper import Reaper, health_tasks
 from flatrender.actors.supervisor import ChildSpec, RestartPolicy, Supervisor
+from flatrender.clock import utc_now
+from flatrender.config import Config
+from flatrender.domain.node_status import NodePolicy
+from flatrender.persistence.db import Database
 
 log = logging.getLogger("flatrender.actors")
 
 
-class ActorSystem:
-    """Owns the root supervisor; ``await nursery.start(system.run)`` returns once it is ready."""
+def node_policy(config: Config) -> NodePolicy:
+    nodes = config.nodes
+    return NodePolicy(
+        heartbeat_interval_sec=nodes.heartbeat_interval_sec,
+        busy_heartbeat_interval_sec=nodes.busy_heartbeat_interval_sec,
+        heartbeat_timeout_sec=float(nodes.heartbeat_timeout_sec),
+        max_consecutive_failures=nodes.max_consecutive_failures,
+    )
 
-    def __init__(self, policy: RestartPolicy | None = None) -> None:
+
+class ActorSystem:
+    """Owns every actor; ``await nursery.start(system.run)`` returns once all are ready."""
+
+    def __init__(
+        self,
+        db: Database,
+        config: Callable[[], Config],
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        policy: RestartPolicy | None = None,
+    ) -> None:
+        self.db = db
+        self.config = config
         self.root = Supervisor(policy, name="root")
+        self.health = HealthWriter(db)
+        self.fleet = Fleet(
+            NodeDeps(
+                db=db,
+                samples=self.health,
+                policy=lambda: node_policy(config()),
+                clock=clock,
+                on_lost=self._node_lost,
+            )
+        )
+        self.reaper = Reaper(
+            health_tasks(db, config().nodes.health_retention_days), now=clock, interval_sec=60.0
+        )
         self._scope = trio.CancelScope()
         self._done = trio.Event()
 
@@ -30,16 +74,20 @@ class ActorSystem:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.root.run)
+                    await self.root.start_child(ChildSpec("health-writer", self.health.run))
+                    await self.root.start_child(ChildSpec("fleet", self.fleet.run))
+                    await self.root.start_child(ChildSpec("reaper", self.reaper.run))
                     task_status.started(self)
         finally:
             self._done.set()
 
-    async def start(self, spec: ChildSpec) -> object:
-        """Start a top-level actor under the root supervisor and return its handle."""
-        return await self.root.start_child(spec)
+    async def _node_lost(self, node_id: UUID, reason: str) -> None:
+        # The job system (issue 4) requeues the node's ranges; until then the loss is logged
+        # here and the node's Offline status is already committed.
+        log.warning("node %s: its ranges must be reassigned (%s)", node_id, reason)
 
     async def drain(self) -> None:
-        """Stop every actor; each one's persisted state is the truth it restarts from."""
+        """Stop every actor; the health writer flushes what it holds on its way out."""
         self._scope.cancel()
         await self._done.wait()
         log.info("actor system stopped")

@@ -1,0 +1,358 @@
+"""NodeActor: one per render node, the only writer of that node's status (DESIGN §1, §3).
+
+It owns the node's status, its heartbeat deadline and its pending commands. Every change is
+committed to PostgreSQL before the actor answers the message that caused it (DESIGN §2.1).
+Heartbeat measurements go to the HealthWriter in batches, so a heartbeat that changes nothing
+anyone reads costs no write of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID, uuid4
+
+import attrs
+import trio
+
+from flatrender.actors.mailbox import Reply, answer, fail
+from flatrender.domain import node_status as ns
+from flatrender.domain.model import CommandType, CrashAction, HealthSample, NodeCommand
+from flatrender.persistence import nodes
+from flatrender.persistence.db import Connection, Database
+
+log = logging.getLogger("flatrender.node")
+
+INBOX_SIZE = 64
+
+
+class SampleSink(Protocol):
+    def submit(self, sample: HealthSample) -> bool: ...
+
+
+@attrs.frozen
+class NodeDeps:
+    """What every node actor needs; ``policy`` is read per message so SIGHUP applies at once."""
+
+    db: Database
+    samples: SampleSink
+    policy: Callable[[], ns.NodePolicy]
+    clock: Callable[[], datetime]
+    # Called when a node's ranges are lost (dead or restarted); the job system requeues them.
+    on_lost: Callable[[UUID, str], Awaitable[None]]
+
+
+# ------------------------------------------------------------------ messages
+
+
+@attrs.frozen
+class Heartbeat:
+    sample: HealthSample
+    acked: tuple[UUID, ...]
+    reply: Reply  # -> HeartbeatAnswer
+
+
+@attrs.frozen
+class HeartbeatAnswer:
+    next_heartbeat_in_sec: int
+    commands: tuple[NodeCommand, ...]
+
+
+@attrs.frozen
+class Online:
+    info: nodes.OnlineInfo
+    reply: Reply  # -> None
+
+
+@attrs.frozen
+class CacheChanged:
+    action: str  # Downloaded | Verified | Evicted | Failed
+    md5: str
+    cache_used_gb: int | None  # None: unchanged
+    reply: Reply  # -> None
+
+
+@attrs.frozen
+class Enqueue:
+    type: CommandType
+    payload: dict[str, object]
+    reply: Reply  # -> NodeCommand, or NodeNotIdle for an update to a busy node
+
+
+@attrs.frozen
+class RecordCrash:
+    report: nodes.CrashReport
+    reply: Reply  # -> CrashOutcome
+
+
+@attrs.frozen
+class CrashOutcome:
+    crash: nodes.CrashRow
+    counted: bool  # False: the same report was recorded before
+
+
+@attrs.frozen
+class NodePatch:
+    priority: int | None = None
+    is_active: bool | None = None
+    accepts_new_jobs: bool | None = None
+    node_kind: str | None = None
+    owner_user_id: object = ns.UNSET
+    next_maintenance_at: object = ns.UNSET
+    maintenance_reason: str | None = None
+
+
+@attrs.frozen
+class Patch:
+    patch: NodePatch
+    reply: Reply  # -> None
+
+
+@attrs.frozen
+class Inspect:
+    reply: Reply  # -> NodeView
+
+
+@attrs.frozen
+class NodeView:
+    state: ns.NodeState
+    last_sample: HealthSample | None
+    commands: tuple[NodeCommand, ...]
+
+
+class NodeNotIdle(Exception):
+    """Software updates go only to idle nodes."""
+
+
+Message = Heartbeat | Online | CacheChanged | Enqueue | RecordCrash | Patch | Inspect
+
+
+# ------------------------------------------------------------------ the actor
+
+
+@attrs.define
+class NodeActor:
+    node_id: UUID
+    deps: NodeDeps
+    state: ns.NodeState
+    commands: list[NodeCommand]
+    md5s: tuple[str, ...]
+    last_sample: HealthSample | None = None
+    deadline: float = math.inf
+
+    @classmethod
+    async def run(
+        cls,
+        deps: NodeDeps,
+        node_id: UUID,
+        preloaded: tuple[nodes.NodeRow, list[NodeCommand]] | None = None,
+        *,
+        task_status: trio.TaskStatus[trio.MemorySendChannel[Message]],
+    ) -> None:
+        """Rebuild from PostgreSQL (or rows loaded in bulk at start-up), then serve messages.
+
+        A live node gets a fresh deadline: it proves itself alive with its next heartbeat.
+        """
+        if preloaded is None:
+            row = await nodes.get(deps.db, node_id)
+            if row is None:
+                raise LookupError(f"node {node_id} no longer exists")
+            commands = await nodes.pending_commands(deps.db, node_id)
+        else:
+            row, commands = preloaded
+        actor = cls(node_id, deps, row.state, list(commands), tuple(row.cached_template_md5s))
+        if row.status is not ns.S.OFFLINE:
+            actor.deadline = trio.current_time() + deps.policy().heartbeat_timeout_sec
+        send, recv = trio.open_memory_channel[Message](INBOX_SIZE)
+        task_status.started(send)
+        await actor.serve(recv)
+
+    async def serve(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        async with inbox:
+            while True:
+                message: Message | None = None
+                # Only the wait is bounded by the deadline, never the handling of a message.
+                with trio.move_on_at(self.deadline):
+                    message = await inbox.receive()
+                if message is None:
+                    self.deadline = math.inf
+                    await self._apply(ns.DeadlineExpired(self.deps.clock()))
+                else:
+                    await self._handle(message)
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            await self._dispatch(message)
+        except BaseException:
+            fail(message.reply)
+            raise
+
+    async def _dispatch(self, message: Message) -> None:
+        match message:
+            case Heartbeat():
+                answer(message.reply, await self._heartbeat(message))
+            case Online(info=info):
+                now = self.deps.clock()
+                self.deadline = trio.current_time() + self.deps.policy().heartbeat_timeout_sec
+                self.md5s = tuple(info.cached_template_md5s)
+
+                async def write(conn: Connection) -> None:
+                    await nodes.save_online(conn, self.node_id, info, now)
+
+                await self._apply(ns.Online(now), write)
+                log.info(
+                    "node %s online (agent %s, AE %s)",
+                    self.node_id,
+                    info.node_agent_version,
+                    info.current_ae_version,
+                )
+                answer(message.reply, None)
+            case CacheChanged(action=action, md5=md5, cache_used_gb=used):
+                md5s = set(self.md5s)
+                if action in ("Downloaded", "Verified"):
+                    md5s.add(md5)
+                elif action == "Evicted":
+                    md5s.discard(md5)
+                else:
+                    log.warning("node %s failed to cache template %s", self.node_id, md5)
+                self.md5s = tuple(sorted(md5s))
+                await nodes.save_cache(self.deps.db, self.node_id, list(self.md5s), used)
+                answer(message.reply, None)
+            case Enqueue():
+                answer(message.reply, await self._enqueue(message))
+            case RecordCrash(report=report):
+                answer(message.reply, await self._record_crash(report))
+            case Patch(patch=patch):
+                await self._patch(patch)
+                answer(message.reply, None)
+            case Inspect():
+                answer(message.reply, NodeView(self.state, self.last_sample, tuple(self.commands)))
+            case _:
+                log.error("node %s: unknown message %r", self.node_id, message)
+                raise AssertionError(f"unknown message {message!r}")
+
+    async def _heartbeat(self, message: Heartbeat) -> HeartbeatAnswer:
+        policy = self.deps.policy()
+        self.deadline = trio.current_time() + policy.heartbeat_timeout_sec
+        if message.acked:
+            await self._ack(message.acked)
+        sample = message.sample
+        await self._apply(ns.Heartbeat(self.deps.clock(), busy=sample.current_job_id is not None))
+        self.last_sample = attrs.evolve(sample, status=self.state.status.value)
+        self.deps.samples.submit(self.last_sample)
+        interval = ns.heartbeat_interval(self.state, work_waiting=False, policy=policy)
+        return HeartbeatAnswer(interval, tuple(self.commands))
+
+    async def _ack(self, ids: tuple[UUID, ...]) -> None:
+        wanted = set(ids) & {c.id for c in self.commands}
+        if not wanted:
+            return  # duplicate or stale acks are harmless
+        await nodes.ack_commands(self.deps.db, self.node_id, sorted(wanted))
+        self.commands = [c for c in self.commands if c.id not in wanted]
+
+    async def _enqueue(self, message: Enqueue) -> NodeCommand | NodeNotIdle:
+        command = NodeCommand(uuid4(), message.type, dict(message.payload))
+
+        async def write(conn: Connection) -> None:
+            await nodes.insert_command(conn, self.node_id, command)
+
+        if message.type is CommandType.UPDATE_SOFTWARE:
+            if not self.state.schedulable(self.deps.clock()):
+                return NodeNotIdle(f"node {self.node_id} is {self.state.status.value}")
+            await self._apply(ns.UpdateSent(self.deps.clock()), write, force=True)
+        else:
+            await nodes.insert_command(self.deps.db, self.node_id, command)
+        self.commands.append(command)
+        log.info("node %s: queued %s %s", self.node_id, command.type.value, command.id)
+        return command
+
+    async def _record_crash(self, report: nodes.CrashReport) -> CrashOutcome:
+        decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
+        # The crash policy of the job issue decides the answer; until then the range moves on.
+        action = CrashAction.REASSIGN_WORK.value
+        async with self.deps.db.transaction() as conn:
+            row = await nodes.record_crash(conn, uuid4(), report, action)
+            if row is not None:
+                await nodes.save_state(conn, self.node_id, decision.state)
+        if row is None:
+            existing = await nodes.find_crash(self.deps.db, report)
+            assert existing is not None
+            return CrashOutcome(existing, counted=False)
+        self._set_state(decision.state, "crash reported")
+        return CrashOutcome(row, counted=True)
+
+    async def _patch(self, patch: NodePatch) -> None:
+        event = ns.AdminPatch(
+            self.deps.clock(),
+            is_active=patch.is_active,
+            accepts_new_jobs=patch.accepts_new_jobs,
+            next_maintenance_at=patch.next_maintenance_at,
+        )
+
+        async def write(conn: Connection) -> None:
+            row = await conn.fetchrow(
+                "SELECT priority, node_kind, owner_user_id, maintenance_reason FROM nodes "
+                "WHERE id = $1 FOR UPDATE",
+                self.node_id,
+            )
+            owner = row["owner_user_id"] if patch.owner_user_id is ns.UNSET else patch.owner_user_id
+            await nodes.save_admin_fields(
+                conn,
+                self.node_id,
+                row["priority"] if patch.priority is None else patch.priority,
+                row["node_kind"] if patch.node_kind is None else patch.node_kind,
+                owner,  # type: ignore[arg-type]
+                row["maintenance_reason"]
+                if patch.maintenance_reason is None
+                else patch.maintenance_reason,
+            )
+
+        await self._apply(event, write, force=True)
+
+    async def _apply(
+        self,
+        event: ns.NodeEvent,
+        also: Callable[[Connection], Awaitable[Any]] | None = None,
+        *,
+        force: bool = False,
+    ) -> None:
+        """Decide, commit (with ``also`` in the same transaction), then act on the effects."""
+        decision = ns.decide(self.state, event, self.deps.policy())
+        if _persisted(decision.state) != _persisted(self.state) or also is not None or force:
+            async with self.deps.db.transaction() as conn:
+                if also is not None:
+                    await also(conn)
+                await nodes.save_state(conn, self.node_id, decision.state)
+        self._set_state(decision.state, type(event).__name__)
+        for effect in decision.effects:
+            await self._perform(effect)
+
+    def _set_state(self, new: ns.NodeState, why: str) -> None:
+        if new.status is not self.state.status:
+            log.info(
+                "node %s: %s -> %s (%s)",
+                self.node_id,
+                self.state.status.value,
+                new.status.value,
+                why,
+            )
+        self.state = new
+
+    async def _perform(self, effect: ns.Effect) -> None:
+        match effect:
+            case ns.DropAssignments(reason=reason):
+                log.warning("node %s lost its work: %s", self.node_id, reason)
+                await self.deps.on_lost(self.node_id, reason)
+            case ns.ReleaseStaleWork():
+                command = NodeCommand(uuid4(), CommandType.RELEASE, {})
+                await nodes.insert_command(self.deps.db, self.node_id, command)
+                self.commands.append(command)
+                log.info("node %s came back with stale work: Release queued", self.node_id)
+
+
+def _persisted(state: ns.NodeState) -> ns.NodeState:
+    # `busy` is derived from what the node reports; it is not a column of its own.
+    return attrs.evolve(state, busy=False)

@@ -1,0 +1,181 @@
+"""NodeActor against a real PostgreSQL, with trio's mock clock for the heartbeat deadline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import pytest
+import trio
+import trio.testing
+
+from flatrender.actors import node
+from flatrender.actors.system import ActorSystem
+from flatrender.domain.model import CommandType, HealthSample, NodeStatus
+from flatrender.persistence import nodes
+
+TIMEOUT = 15.0  # the default [nodes] heartbeat_timeout_sec
+
+
+@pytest.fixture
+def mock_clock() -> trio.testing.MockClock:
+    # No autojump: time moves only when a test jumps it, so real DB I/O never races the clock.
+    return trio.testing.MockClock()
+
+
+def sample(node_id: UUID, job: UUID | None = None) -> HealthSample:
+    return HealthSample(
+        node_id=node_id,
+        recorded_at=datetime.now(UTC),
+        status="Busy" if job else "Idle",
+        cpu_pct=42,
+        ram_available_mb=2048,
+        ae_running=job is not None,
+        current_job_id=job,
+        current_frame=None,
+        cache_used_gb=3,
+    )
+
+
+async def register(system: ActorSystem, name: str = "n1") -> UUID:
+    node_id = uuid4()
+    new = nodes.NewNode(name, "eu", "10.0.0.1", 9000, "2024")
+    await system.fleet.register(node_id, new)
+    return node_id
+
+
+async def heartbeat(
+    system: ActorSystem, node_id: UUID, job: UUID | None = None, acked: tuple[UUID, ...] = ()
+) -> node.HeartbeatAnswer:
+    answer: node.HeartbeatAnswer = await system.fleet.call(
+        node_id, lambda r: node.Heartbeat(sample(node_id, job), acked, r)
+    )
+    return answer
+
+
+async def status(system: ActorSystem, node_id: UUID) -> NodeStatus:
+    view: node.NodeView = await system.fleet.call(node_id, node.Inspect)
+    return view.state.status
+
+
+async def db_status(system: ActorSystem, node_id: UUID) -> str:
+    return str(await system.db.fetchval("SELECT status FROM nodes WHERE id = $1", node_id))
+
+
+async def test_registered_node_starts_offline_and_first_heartbeat_makes_it_idle(
+    actor_system: ActorSystem,
+) -> None:
+    node_id = await register(actor_system)
+    assert await status(actor_system, node_id) is NodeStatus.OFFLINE
+    answer = await heartbeat(actor_system, node_id)
+    assert answer.next_heartbeat_in_sec == 5
+    assert await status(actor_system, node_id) is NodeStatus.IDLE
+    assert await db_status(actor_system, node_id) == "Idle"
+
+
+async def test_node_goes_offline_exactly_after_the_deadline_not_before(
+    actor_system: ActorSystem, mock_clock: trio.testing.MockClock
+) -> None:
+    node_id = await register(actor_system)
+    await heartbeat(actor_system, node_id)
+    mock_clock.jump(TIMEOUT - 0.01)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await status(actor_system, node_id) is NodeStatus.IDLE
+    mock_clock.jump(0.02)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await status(actor_system, node_id) is NodeStatus.OFFLINE
+    assert await db_status(actor_system, node_id) == "Offline"
+
+
+async def test_each_heartbeat_pushes_the_deadline_back(
+    actor_system: ActorSystem, mock_clock: trio.testing.MockClock
+) -> None:
+    node_id = await register(actor_system)
+    for _ in range(5):
+        await heartbeat(actor_system, node_id)
+        mock_clock.jump(TIMEOUT - 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await status(actor_system, node_id) is NodeStatus.IDLE
+    mock_clock.jump(1.01)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await status(actor_system, node_id) is NodeStatus.OFFLINE
+
+
+async def test_late_heartbeat_after_offline_releases_stale_work(
+    actor_system: ActorSystem, mock_clock: trio.testing.MockClock
+) -> None:
+    node_id = await register(actor_system)
+    job = uuid4()
+    await heartbeat(actor_system, node_id)
+    await heartbeat(actor_system, node_id, job)
+    assert await status(actor_system, node_id) is NodeStatus.BUSY
+    mock_clock.jump(TIMEOUT + 1)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await status(actor_system, node_id) is NodeStatus.OFFLINE
+    answer = await heartbeat(actor_system, node_id, job)
+    assert await status(actor_system, node_id) is NodeStatus.IDLE
+    assert [c.type for c in answer.commands] == [CommandType.RELEASE]
+
+
+async def test_commands_are_redelivered_until_acked_and_acks_are_idempotent(
+    actor_system: ActorSystem,
+) -> None:
+    node_id = await register(actor_system)
+    command = await actor_system.fleet.call(
+        node_id, lambda r: node.Enqueue(CommandType.CLOSE_AE, {}, r)
+    )
+    for _ in range(2):
+        answer = await heartbeat(actor_system, node_id)
+        assert [c.id for c in answer.commands] == [command.id]
+    answer = await heartbeat(actor_system, node_id, acked=(command.id,))
+    assert answer.commands == ()
+    answer = await heartbeat(actor_system, node_id, acked=(command.id, uuid4()))
+    assert answer.commands == ()
+    acked_at = await actor_system.db.fetchval(
+        "SELECT acked_at FROM node_commands WHERE id = $1", command.id
+    )
+    assert acked_at is not None
+
+
+async def test_actor_rebuilt_from_postgres_keeps_status_and_pending_commands(db, config) -> None:
+    first = ActorSystem(db, lambda: config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        node_id = await register(first)
+        await heartbeat(first, node_id)
+        command = await first.fleet.call(
+            node_id, lambda r: node.Enqueue(CommandType.RESTART, {}, r)
+        )
+        await first.drain()
+    second = ActorSystem(db, lambda: config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        assert await status(second, node_id) is NodeStatus.IDLE
+        answer = await heartbeat(second, node_id)
+        assert [c.id for c in answer.commands] == [command.id]
+        await second.drain()
+
+
+async def test_heartbeat_storm_after_restart_gives_no_false_offline(
+    db, config, mock_clock: trio.testing.MockClock
+) -> None:
+    first = ActorSystem(db, lambda: config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        ids = [await register(first, f"n{i}") for i in range(20)]
+        for node_id in ids:
+            await heartbeat(first, node_id)
+        await first.drain()
+    # The daemon was down for a long while; the nodes kept trying.
+    mock_clock.jump(120)
+    second = ActorSystem(db, lambda: config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        mock_clock.jump(TIMEOUT - 1)  # each node still has a fresh deadline
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as storm:
+            for node_id in ids:
+                storm.start_soon(heartbeat, second, node_id)
+        for node_id in ids:
+            assert await status(second, node_id) is NodeStatus.IDLE
+        await second.drain()
