@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import attrs
@@ -32,6 +31,8 @@ from flatrender.storage import MinioStore, StorageUnavailable
 
 log = logging.getLogger("flatrender.daemon")
 
+# Time the actors get to finish the message in hand once the HTTP front has drained.
+STOP_ACTORS_SEC = 3.0
 # Keys whose change needs a restart: a reload keeps the old value and says so.
 RESTART_ONLY = (("http", "host"), ("http", "port"), ("database", "url"), ("s3", "endpoint"))
 
@@ -76,14 +77,8 @@ class Daemon:
                 system = ActorSystem(db, lambda: self.config)
                 await root.start(system.run)
                 self.app_state.actors = system
-                self.binds = await root.start(
-                    partial(
-                        hypercorn.trio.serve,
-                        create_app(self.app_state),
-                        self._hypercorn_config(),
-                        shutdown_trigger=self._stop.wait,
-                    )
-                )
+                http_done = trio.Event()
+                self.binds = await root.start(self._serve_http, http_done)
                 interval = systemd.watchdog_interval()
                 if interval is not None:
                     root.start_soon(systemd.watchdog_loop, interval)
@@ -95,12 +90,28 @@ class Daemon:
                 log.info(
                     "stopping: no new connections; in-flight requests get %ss", cfg.http.grace_sec
                 )
-                # Hypercorn has stopped listening and drains its connections within the grace
-                # period; the actors finish the message in hand and persist before they stop.
+                # First the HTTP front drains (in-flight requests still reach the actors), then
+                # the actors stop; each one's committed state is what the next start rebuilds.
                 with trio.move_on_after(cfg.http.grace_sec + 1):
+                    await http_done.wait()
+                with trio.move_on_after(STOP_ACTORS_SEC):
                     await system.drain()
-                root.cancel_scope.deadline = trio.current_time() + cfg.http.grace_sec + 1
+                root.cancel_scope.cancel()
         log.info("stopped")
+
+    async def _serve_http(
+        self, done: trio.Event, *, task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        assert self.app_state is not None
+        try:
+            await hypercorn.trio.serve(
+                create_app(self.app_state),
+                self._hypercorn_config(),
+                shutdown_trigger=self._stop.wait,
+                task_status=task_status,
+            )
+        finally:
+            done.set()
 
     def stop(self) -> None:
         self._stop.set()
