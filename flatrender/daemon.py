@@ -74,7 +74,7 @@ class Daemon:
                 )
             self.app_state = AppState(config=cfg, db=db, store=store)
             async with trio.open_nursery() as root:
-                system = ActorSystem(db, lambda: self.config)
+                system = ActorSystem(db, store, lambda: self.config)
                 await root.start(system.run)
                 self.app_state.actors = system
                 http_done = trio.Event()

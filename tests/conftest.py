@@ -107,7 +107,7 @@ async def actor_system(
     db: Database, config: Config, nursery: trio.Nursery
 ) -> AsyncIterator[ActorSystem]:
     """The real actor system (health writer, fleet, reaper) on this test's database."""
-    system = ActorSystem(db, lambda: config)
+    system = ActorSystem(db, MinioStore(config.s3), lambda: config)
     await nursery.start(system.run)
     yield system
     await system.drain()

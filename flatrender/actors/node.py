@@ -79,7 +79,7 @@ class CacheChanged:
 class Enqueue:
     type: CommandType
     payload: dict[str, object]
-    reply: Reply  # -> NodeCommand, or NodeNotIdle for an update to a busy node
+    reply: Reply  # -> NodeCommand; NodeNotIdle (raised by the caller) for an update to a busy node
 
 
 @attrs.frozen

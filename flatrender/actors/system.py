@@ -1,7 +1,8 @@
 """The actor system: the root supervisor and the long-lived actors under it (DESIGN §1).
 
 Order matters and is explicit: the health writer first (node actors feed it), then the fleet
-(node actors rebuilt from PostgreSQL), then the reaper. Each is a PERMANENT child of the root
+(node actors rebuilt from PostgreSQL), then the software rollout (it talks to node actors), then
+the reaper. Each is a PERMANENT child of the root
 supervisor; an actor object survives its own restarts, so handles held elsewhere stay valid.
 """
 
@@ -18,11 +19,13 @@ from flatrender.actors.fleet import Fleet
 from flatrender.actors.health_writer import HealthWriter
 from flatrender.actors.node import NodeDeps
 from flatrender.actors.reaper import Reaper, health_tasks
+from flatrender.actors.rollout import RolloutActor
 from flatrender.actors.supervisor import ChildSpec, RestartPolicy, Supervisor
 from flatrender.clock import utc_now
 from flatrender.config import Config
 from flatrender.domain.node_status import NodePolicy
 from flatrender.persistence.db import Database
+from flatrender.storage import ObjectStore
 
 log = logging.getLogger("flatrender.actors")
 
@@ -43,6 +46,7 @@ class ActorSystem:
     def __init__(
         self,
         db: Database,
+        store: ObjectStore,
         config: Callable[[], Config],
         *,
         clock: Callable[[], datetime] = utc_now,
@@ -61,6 +65,7 @@ class ActorSystem:
                 on_lost=self._node_lost,
             )
         )
+        self.rollout = RolloutActor(db, self.fleet, store, config, clock)
         self.reaper = Reaper(
             health_tasks(db, config().nodes.health_retention_days), now=clock, interval_sec=60.0
         )
@@ -76,6 +81,7 @@ class ActorSystem:
                     await nursery.start(self.root.run)
                     await self.root.start_child(ChildSpec("health-writer", self.health.run))
                     await self.root.start_child(ChildSpec("fleet", self.fleet.run))
+                    await self.root.start_child(ChildSpec("rollout", self.rollout.run))
                     await self.root.start_child(ChildSpec("reaper", self.reaper.run))
                     task_status.started(self)
         finally:

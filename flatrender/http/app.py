@@ -7,7 +7,7 @@ from typing import Any
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 
-from flatrender.http import billing, catalog, internal, nodes
+from flatrender.http import billing, catalog, internal, node_updates, nodes
 from flatrender.http.common import AppState
 from flatrender.http.errors import register_error_handlers
 from flatrender.http.openapi import openapi_document
@@ -24,7 +24,7 @@ def create_app(app_state: AppState) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
-    for blueprint in (catalog.bp, billing.bp, internal.bp, nodes.bp):
+    for blueprint in (catalog.bp, billing.bp, internal.bp, nodes.bp, node_updates.bp):
         app.register_blueprint(blueprint)
 
     @app.get("/v1/openapi.json")
@@ -34,6 +34,11 @@ def create_app(app_state: AppState) -> QuartTrio:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         await app_state.db.fetchval("SELECT 1")
+        return {"status": "ok"}
+
+    @app.get("/livez")
+    async def livez() -> dict[str, Any]:
+        # Liveness only (no database): also the trivial endpoint bench/heartbeats measures.
         return {"status": "ok"}
 
     register_placeholders(app)

@@ -13,6 +13,7 @@ from flatrender.actors import node
 from flatrender.actors.system import ActorSystem
 from flatrender.domain.model import CommandType, HealthSample, NodeStatus
 from flatrender.persistence import nodes
+from flatrender.storage import MinioStore
 
 TIMEOUT = 15.0  # the default [nodes] heartbeat_timeout_sec
 
@@ -138,7 +139,7 @@ async def test_commands_are_redelivered_until_acked_and_acks_are_idempotent(
 
 
 async def test_actor_rebuilt_from_postgres_keeps_status_and_pending_commands(db, config) -> None:
-    first = ActorSystem(db, lambda: config)
+    first = ActorSystem(db, MinioStore(config.s3), lambda: config)
     async with trio.open_nursery() as nursery:
         await nursery.start(first.run)
         node_id = await register(first)
@@ -147,7 +148,7 @@ async def test_actor_rebuilt_from_postgres_keeps_status_and_pending_commands(db,
             node_id, lambda r: node.Enqueue(CommandType.RESTART, {}, r)
         )
         await first.drain()
-    second = ActorSystem(db, lambda: config)
+    second = ActorSystem(db, MinioStore(config.s3), lambda: config)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
         assert await status(second, node_id) is NodeStatus.IDLE
@@ -159,7 +160,7 @@ async def test_actor_rebuilt_from_postgres_keeps_status_and_pending_commands(db,
 async def test_heartbeat_storm_after_restart_gives_no_false_offline(
     db, config, mock_clock: trio.testing.MockClock
 ) -> None:
-    first = ActorSystem(db, lambda: config)
+    first = ActorSystem(db, MinioStore(config.s3), lambda: config)
     async with trio.open_nursery() as nursery:
         await nursery.start(first.run)
         ids = [await register(first, f"n{i}") for i in range(20)]
@@ -168,7 +169,7 @@ async def test_heartbeat_storm_after_restart_gives_no_false_offline(
         await first.drain()
     # The daemon was down for a long while; the nodes kept trying.
     mock_clock.jump(120)
-    second = ActorSystem(db, lambda: config)
+    second = ActorSystem(db, MinioStore(config.s3), lambda: config)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
         mock_clock.jump(TIMEOUT - 1)  # each node still has a fresh deadline
