@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     _config_arg(p, required=False)
     p.set_defaults(run=_token)
+
+    from flatrender.agent.cli import add_parser as add_agent
+    from flatrender.updates_cli import add_parser as add_updates
+
+    add_agent(sub)
+    add_updates(sub)
     return parser
 
 
@@ -126,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from flatrender.daemon import sole_leaf
     from flatrender.persistence.db import DatabaseUnavailable, open_database
     from flatrender.persistence.migrate import migrate
 
@@ -135,8 +142,11 @@ def _migrate(args: argparse.Namespace) -> int:
     logs.configure(config.log.level)
 
     async def run() -> int:
-        async with trio_asyncio.open_loop(), open_database(config.database.url, 1, 2) as db:
-            applied = await migrate(db)
+        try:
+            async with trio_asyncio.open_loop(), open_database(config.database.url, 1, 2) as db:
+                applied = await migrate(db)
+        except BaseExceptionGroup as group:
+            raise sole_leaf(group) or group from None
         print(f"applied {len(applied)} migration(s)" if applied else "schema is up to date")
         return 0
 
