@@ -22,6 +22,7 @@ import trio
 import trio_asyncio
 
 from flatrender import logs
+from flatrender.agent import AgentOptions, run_agent
 from flatrender.config import Config
 from flatrender.daemon import Daemon, serve_forever
 from flatrender.domain.catalog import ProjectSpec, Scene
@@ -167,13 +168,28 @@ async def _run(
         project_ids = await seed(db, user_id)
     daemon = Daemon(config, config_path=config_path)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_forever, daemon)
+
+        async def serve(*, task_status: trio.TaskStatus[Daemon]) -> None:
+            await serve_forever(daemon, task_status=task_status)
+            nursery.cancel_scope.cancel()  # the daemon stopped: so do the simulated nodes
+
+        await nursery.start(serve)
         info = dev_info(config, keys, daemon.binds)
         info["demo_project_ids"] = [str(p) for p in project_ids]
         path = state_dir / "dev.json"
         path.write_text(json.dumps(info, indent=2))
         path.chmod(0o600)
         _announce(info, path, nodes)
+        if nodes:
+            agents = AgentOptions(
+                api=info["api_url"],
+                nodes=nodes,
+                admin_token=info["service_token"],
+                name_prefix="sim",
+                state_file=state_dir / "agent-nodes.json",
+                work_dir=state_dir / "agent",
+            )
+            await nursery.start(run_agent, agents)
 
 
 def dev_info(config: Config, keys: dict[str, str], binds: list[str]) -> dict[str, Any]:
@@ -212,8 +228,6 @@ def _announce(info: dict[str, Any], path: Path, nodes: int) -> None:
         f"  everything above is in {path}",
     ]
     if nodes:
-        lines.append(
-            f"  simulated nodes: {nodes} requested; none run yet (the agent comes with issue 3)"
-        )
+        lines.append(f"  simulated nodes: {nodes} (flatrender agent, in this process)")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), file=sys.stderr, flush=True)

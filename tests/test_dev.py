@@ -36,7 +36,7 @@ def start_dev(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
     log = (state_dir.parent / f"dev-{port}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "flatrender.cli", "dev", "--state-dir", str(state_dir)]
-        + ["--port", str(port), "--nodes", "0"],
+        + ["--port", str(port), "--nodes", "2"],
         stderr=log,
         stdout=log,
     )
@@ -51,6 +51,16 @@ def wait_dev_json(state_dir: Path, proc: subprocess.Popen[bytes]) -> dict[str, s
             return dict(json.loads(path.read_text()))
         time.sleep(0.1)
     raise AssertionError("dev.json never appeared")
+
+
+def wait_idle_nodes(api: str, token: str, count: int) -> set[str]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        nodes = httpx.get(f"{api}/nodes", headers=bearer(token)).json()["data"]
+        if len(nodes) == count and all(n["status"] == "Idle" for n in nodes):
+            return {n["id"] for n in nodes}
+        time.sleep(0.1)
+    raise AssertionError(f"expected {count} idle nodes, saw {nodes}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
@@ -85,6 +95,7 @@ def test_dev_comes_up_answers_stops_and_reuses_its_data(tmp_path: Path) -> None:
         assert project["owner_user_id"] == info["user_id"]
         # The user token is a working user JWT (the render list answers, not 401).
         assert httpx.get(f"{api}/renders", headers=bearer(info["user_token"])).status_code != 401
+        first_nodes = wait_idle_nodes(api, info["admin_token"], 2)
     finally:
         assert stop(proc) == 0
     with pytest.raises(httpx.TransportError):
@@ -100,6 +111,8 @@ def test_dev_comes_up_answers_stops_and_reuses_its_data(tmp_path: Path) -> None:
             headers=bearer(again["service_token"]),
         ).json()
         assert account["balance_minor"] == seeded  # seeded once, not twice
+        # The simulated nodes are the same two, not two more.
+        assert wait_idle_nodes(again["api_url"], again["admin_token"], 2) == first_nodes
     finally:
         assert stop(proc) == 0
     leftover = subprocess.run(
