@@ -262,7 +262,8 @@ class EmbeddedS3:
         self._watchdog = Watchdog(self._proc.pid, signal.SIGTERM, signal.SIGKILL)
 
     def _wait_ready(self, deadline: float) -> None:
-        """Poll until S3 answers with our credentials, the bucket exists and a write succeeds.
+        """Poll until S3 answers with our credentials, the bucket exists, a write succeeds and an
+        existing object (if any) reads back.
 
         Raises :class:`_PortTaken` if weed exits for want of a port, else
         :class:`EmbeddedServiceError` if it exits or ``deadline`` passes.
@@ -294,6 +295,11 @@ class EmbeddedS3:
                         client.make_bucket(self.bucket)  # a lost race is retried below
                     client.put_object(self.bucket, _READY_KEY, io.BytesIO(b""), 0)
                     client.remove_object(self.bucket, _READY_KEY)
+                    # On a reused folder, old volumes load after S3 already takes writes:
+                    # ready means an existing object reads back too.
+                    for existing in client.list_objects(self.bucket, recursive=True):
+                        client.get_object(self.bucket, existing.object_name).close()
+                        break
                     return
                 except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:
                     last = e
