@@ -23,9 +23,17 @@ from flatrender.persistence.db import Database
 log = logging.getLogger("flatrender.fleet")
 
 LOAD_ALL = "SELECT * FROM nodes ORDER BY created_at"
+LOAD_ASSIGNED = """
+SELECT node_id, id FROM frame_jobs
+WHERE node_id IS NOT NULL AND status IN ('Assigned', 'Rendering', 'Rendered')
+"""
 LOAD_PENDING = """
 SELECT id, node_id, type, payload FROM node_commands WHERE acked_at IS NULL ORDER BY created_at, id
 """
+
+
+Preloaded = dict[UUID, list[NodeCommand]]
+Held = dict[UUID, set[UUID]]
 
 
 class NodeUnknown(LookupError):
@@ -42,9 +50,10 @@ class Fleet:
         supervisor = Supervisor(name="nodes")
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
-            rows, commands = await self._load_all(self.deps.db)
+            rows, commands, assigned = await self._load_all(self.deps.db)
             for row in rows:
-                await supervisor.start_child(self._spec(row.id, (row, commands[row.id])))
+                preloaded = (row, commands[row.id], assigned[row.id])
+                await supervisor.start_child(self._spec(row.id, preloaded))
             self._supervisor = supervisor
             log.info("fleet up: %d node actors", len(rows))
             task_status.started(self)
@@ -54,19 +63,20 @@ class Fleet:
                 self._supervisor = None
 
     @staticmethod
-    async def _load_all(
-        db: Database,
-    ) -> tuple[list[nodes.NodeRow], dict[UUID, list[NodeCommand]]]:
+    async def _load_all(db: Database) -> tuple[list[nodes.NodeRow], Preloaded, Held]:
         rows = [nodes.row_from_record(r) for r in await db.fetch(LOAD_ALL)]
-        commands: dict[UUID, list[NodeCommand]] = defaultdict(list)
+        commands: Preloaded = defaultdict(list)
         for r in await db.fetch(LOAD_PENDING):
             commands[r["node_id"]].append(
                 NodeCommand(r["id"], CommandType(r["type"]), r["payload"])
             )
-        return rows, commands
+        assigned: Held = defaultdict(set)
+        for r in await db.fetch(LOAD_ASSIGNED):
+            assigned[r["node_id"]].add(r["id"])
+        return rows, commands, assigned
 
     def _spec(
-        self, node_id: UUID, preloaded: tuple[nodes.NodeRow, list[NodeCommand]] | None
+        self, node_id: UUID, preloaded: tuple[nodes.NodeRow, list[NodeCommand], set[UUID]] | None
     ) -> ChildSpec:
         first = [preloaded]
 
@@ -100,6 +110,6 @@ class Fleet:
         if supervisor is None:
             raise mailbox.ActorUnavailable("the fleet is not running")
         row = await nodes.insert(self.deps.db, node_id, new)
-        await supervisor.start_child(self._spec(node_id, (row, [])))
+        await supervisor.start_child(self._spec(node_id, (row, [], set())))
         log.info("node %s registered as %r in %s", node_id, new.name, new.region)
         return row

@@ -83,6 +83,29 @@ class Enqueue:
 
 
 @attrs.frozen
+class Assign:
+    """Give the node a piece of work (a range, or a replica to build) with its command.
+
+    Refused with NodeNotIdle unless the node is schedulable; the command and the node's Busy
+    status are committed together.
+    """
+
+    work_id: UUID
+    type: CommandType
+    payload: dict[str, object]
+    reply: Reply  # -> NodeCommand
+
+
+@attrs.frozen
+class Unassign:
+    """A piece of work left the node: finished (``succeeded``), moved, or cancelled."""
+
+    work_id: UUID
+    succeeded: bool
+    reply: Reply  # -> None
+
+
+@attrs.frozen
 class RecordCrash:
     report: nodes.CrashReport
     reply: Reply  # -> CrashOutcome
@@ -127,7 +150,9 @@ class NodeNotIdle(Exception):
     """Software updates go only to idle nodes."""
 
 
-Message = Heartbeat | Online | CacheChanged | Enqueue | RecordCrash | Patch | Inspect
+Message = (
+    Heartbeat | Online | CacheChanged | Enqueue | Assign | Unassign | RecordCrash | Patch | Inspect
+)
 
 
 # ------------------------------------------------------------------ the actor
@@ -140,6 +165,9 @@ class NodeActor:
     state: ns.NodeState
     commands: list[NodeCommand]
     md5s: tuple[str, ...]
+    # Work given to the node and not yet finished: while any is held the node is Busy, whatever
+    # its heartbeat says (the command may not have reached it yet).
+    assigned: set[UUID] = attrs.Factory(set)
     last_sample: HealthSample | None = None
     deadline: float = math.inf
 
@@ -148,7 +176,7 @@ class NodeActor:
         cls,
         deps: NodeDeps,
         node_id: UUID,
-        preloaded: tuple[nodes.NodeRow, list[NodeCommand]] | None = None,
+        preloaded: tuple[nodes.NodeRow, list[NodeCommand], set[UUID]] | None = None,
         *,
         task_status: trio.TaskStatus[trio.MemorySendChannel[Message]],
     ) -> None:
@@ -161,9 +189,12 @@ class NodeActor:
             if row is None:
                 raise LookupError(f"node {node_id} no longer exists")
             commands = await nodes.pending_commands(deps.db, node_id)
+            assigned = await nodes.assigned_work(deps.db, node_id)
         else:
-            row, commands = preloaded
-        actor = cls(node_id, deps, row.state, list(commands), tuple(row.cached_template_md5s))
+            row, commands, assigned = preloaded
+        actor = cls(
+            node_id, deps, row.state, list(commands), tuple(row.cached_template_md5s), set(assigned)
+        )
         if row.status is not ns.S.OFFLINE:
             actor.deadline = trio.current_time() + deps.policy().heartbeat_timeout_sec
         send, recv = trio.open_memory_channel[Message](INBOX_SIZE)
@@ -202,6 +233,7 @@ class NodeActor:
                 async def write(conn: Connection) -> None:
                     await nodes.save_online(conn, self.node_id, info, now)
 
+                self.assigned.clear()
                 await self._apply(ns.Online(now), write)
                 log.info(
                     "node %s online (agent %s, AE %s)",
@@ -223,6 +255,11 @@ class NodeActor:
                 answer(message.reply, None)
             case Enqueue():
                 answer(message.reply, await self._enqueue(message))
+            case Assign():
+                answer(message.reply, await self._assign(message))
+            case Unassign(work_id=work_id, succeeded=succeeded):
+                await self._unassign(work_id, succeeded)
+                answer(message.reply, None)
             case RecordCrash(report=report):
                 answer(message.reply, await self._record_crash(report))
             case Patch(patch=patch):
@@ -240,7 +277,8 @@ class NodeActor:
         if message.acked:
             await self._ack(message.acked)
         sample = message.sample
-        await self._apply(ns.Heartbeat(self.deps.clock(), busy=sample.current_job_id is not None))
+        busy = sample.current_job_id is not None or bool(self.assigned)
+        await self._apply(ns.Heartbeat(self.deps.clock(), busy=busy))
         self.last_sample = attrs.evolve(sample, status=self.state.status.value)
         self.deps.samples.submit(self.last_sample)
         interval = ns.heartbeat_interval(self.state, work_waiting=False, policy=policy)
@@ -268,6 +306,29 @@ class NodeActor:
         self.commands.append(command)
         log.info("node %s: queued %s %s", self.node_id, command.type.value, command.id)
         return command
+
+    async def _assign(self, message: Assign) -> NodeCommand | NodeNotIdle:
+        if not self.state.schedulable(self.deps.clock()):
+            return NodeNotIdle(f"node {self.node_id} is {self.state.status.value}")
+        command = NodeCommand(uuid4(), message.type, dict(message.payload))
+
+        async def write(conn: Connection) -> None:
+            await nodes.insert_command(conn, self.node_id, command)
+
+        await self._apply(ns.WorkAssigned(busy=True), write)
+        self.assigned.add(message.work_id)
+        self.commands.append(command)
+        return command
+
+    async def _unassign(self, work_id: UUID, succeeded: bool) -> None:
+        if work_id not in self.assigned:
+            return  # already released (node lost, restarted, or a repeated message)
+        self.assigned.discard(work_id)
+        if succeeded:
+            await self._apply(ns.WorkSucceeded())
+        if not self.assigned:
+            reported = self.last_sample is not None and self.last_sample.current_job_id is not None
+            await self._apply(ns.WorkAssigned(busy=reported))
 
     async def _record_crash(self, report: nodes.CrashReport) -> CrashOutcome:
         decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
@@ -345,6 +406,7 @@ class NodeActor:
         match effect:
             case ns.DropAssignments(reason=reason):
                 log.warning("node %s lost its work: %s", self.node_id, reason)
+                self.assigned.clear()
                 await self.deps.on_lost(self.node_id, reason)
             case ns.ReleaseStaleWork():
                 command = NodeCommand(uuid4(), CommandType.RELEASE, {})

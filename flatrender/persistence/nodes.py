@@ -259,6 +259,16 @@ async def ack_commands(db: Database, node_id: UUID, ids: list[UUID]) -> set[UUID
     return {r["id"] for r in await db.fetch(ACK, node_id, ids)}
 
 
+ASSIGNED_WORK = """
+SELECT id FROM frame_jobs WHERE node_id = $1 AND status IN ('Assigned', 'Rendering', 'Rendered')
+"""
+
+
+async def assigned_work(db: Database, node_id: UUID) -> set[UUID]:
+    """The ranges a node holds (rebuilding a node actor)."""
+    return {r["id"] for r in await db.fetch(ASSIGNED_WORK, node_id)}
+
+
 # ------------------------------------------------------------------ crashes
 
 

@@ -180,3 +180,41 @@ async def test_heartbeat_storm_after_restart_gives_no_false_offline(
         for node_id in ids:
             assert await status(second, node_id) is NodeStatus.IDLE
         await second.drain()
+
+
+async def test_assigned_work_keeps_the_node_busy_until_unassigned(
+    actor_system: ActorSystem,
+) -> None:
+    node_id = await register(actor_system)
+    await heartbeat(actor_system, node_id)
+    work = uuid4()
+    command = await actor_system.fleet.call(
+        node_id, lambda r: node.Assign(work, CommandType.RENDER_FRAMES, {"frame_job_id": "x"}, r)
+    )
+    assert await db_status(actor_system, node_id) == "Busy"
+    # The node has not started it yet: its heartbeat reports no job, it stays Busy.
+    answer = await heartbeat(actor_system, node_id)
+    assert [c.id for c in answer.commands] == [command.id]
+    assert await status(actor_system, node_id) is NodeStatus.BUSY
+    with pytest.raises(node.NodeNotIdle):
+        await actor_system.fleet.call(
+            node_id, lambda r: node.Assign(uuid4(), CommandType.RENDER_FRAMES, {}, r)
+        )
+    await actor_system.fleet.call(node_id, lambda r: node.Unassign(work, True, r))
+    assert await status(actor_system, node_id) is NodeStatus.IDLE
+    assert await db_status(actor_system, node_id) == "Idle"
+    await actor_system.fleet.call(node_id, lambda r: node.Unassign(work, True, r))  # harmless
+
+
+async def test_a_dead_node_drops_its_assignments(
+    actor_system: ActorSystem, mock_clock: trio.testing.MockClock
+) -> None:
+    node_id = await register(actor_system)
+    await heartbeat(actor_system, node_id)
+    await actor_system.fleet.call(
+        node_id, lambda r: node.Assign(uuid4(), CommandType.RENDER_FRAMES, {}, r)
+    )
+    mock_clock.jump(TIMEOUT + 1)
+    await trio.testing.wait_all_tasks_blocked()
+    await heartbeat(actor_system, node_id)
+    assert await status(actor_system, node_id) is NodeStatus.IDLE
