@@ -71,6 +71,8 @@ class NodesConfig:
     busy_heartbeat_interval_sec: int = 1
     max_consecutive_failures: int = 3
     crash_window_sec: int = 600
+    # Crashes of one node within crash_window_sec (this one included) that make it RestartNode.
+    crash_restart_after: int = 3
     health_retention_days: int = 7
 
 
@@ -80,6 +82,10 @@ class JobsConfig:
     max_attempts: int = 3
     # Fraction of a range left unstarted before a late idle node may take its tail.
     trim_min_tail_frames: int = 60
+    # A range is longer only when min_chunk_frames forces it: a dead node loses little work.
+    max_chunk_frames: int = 300
+    # A trimmed range's holder keeps at least this many frames past the one it is rendering.
+    trim_margin_frames: int = 5
 
 
 @attrs.frozen

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from quart import Response, jsonify
+from quart import Blueprint, Response, jsonify
 from quart_trio import QuartTrio
 
 from flatrender.http import billing, catalog, internal, node_updates, nodes
@@ -17,7 +18,8 @@ from flatrender.http.pending import register_placeholders
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def create_app(app_state: AppState) -> QuartTrio:
+def create_app(app_state: AppState, *, extra_blueprints: Sequence[Blueprint] = ()) -> QuartTrio:
+    """The app; ``extra_blueprints`` are registered before the 501 placeholders fill the gaps."""
     app = QuartTrio("flatrender")
     app.config["FLATRENDER_STATE"] = app_state
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -25,6 +27,8 @@ def create_app(app_state: AppState) -> QuartTrio:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
     for blueprint in (catalog.bp, billing.bp, internal.bp, nodes.bp, node_updates.bp):
+        app.register_blueprint(blueprint)
+    for blueprint in extra_blueprints:
         app.register_blueprint(blueprint)
 
     @app.get("/v1/openapi.json")

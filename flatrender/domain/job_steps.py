@@ -1,0 +1,758 @@
+"""A render job's steps and its frame ranges (DESIGN §3) as one pure function: ``decide``.
+
+Job ``step``: ``Queued → Preparing`` (the replica must be built: ``ReplicaMissing``) or
+``Queued → Rendering`` (it exists: ``ReplicaAvailable``); ``Preparing → Rendering`` on
+``ReplicaBuilt``; ``Rendering → Merging`` when every current range is ``Validated``;
+``Merging → Completed`` once the export is recorded. Any non-terminal step goes to ``Failed``
+(replica failure, a range past ``max_attempts``, merge failure, ``Abort``) with a full refund, or
+to ``Cancelled`` (user) with a refund of the frames not yet validated. Terminal steps accept
+nothing: every event on them is ``IGNORED``.
+
+Frame range (FrameJob) ``status``: ``Pending → Assigned`` (scheduler) ``→ Rendering`` (a frame
+reported) ``→ Rendered`` (the last frame reported: the node uploaded the output) ``→ Validated``
+(output probed OK), or ``Failed``. A range that fails before validation (bad output, node lost,
+crash requeue) is replaced by a copy with ``attempt + 1`` and the same frames, whose id is derived
+from the failed one (:func:`replacement_id`), so deciding the same event twice gives the same
+range. When that attempt would exceed ``max_attempts``, the job fails instead. "Current" ranges
+are the ones not ``Failed``; they always tile the job's frames.
+
+Lease fencing: a report from a node that does not hold the range, or for a range that is not
+``Assigned``/``Rendering``, is ``STALE`` (HTTP 409 ``stale_assignment``); a frame already reported
+by the holder is ``UNCHANGED`` (idempotent). :attr:`Decision.fenced` is what a node-facing handler
+checks.
+
+Trimming (``TrimmedTail``): the holder's range ends earlier and the tail becomes a new ``Pending``
+range. A range is trimmed at most once, and a tail not before its parent's trim settled. If the
+holder proves the trim came too late (it reports a frame past its new end), the trim is undone
+and the tail withdrawn; if the tail is already rendered by then, the holder's range is refused
+and requeued without spending an attempt (the race was ours, not the frames'). A holder that
+reports its new last frame as an ordinary one before the trim reached it looks finished: its
+output then fails validation and the range is requeued (``trim_margin_frames`` makes this rare).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Literal, assert_never
+from uuid import UUID, uuid5
+
+import attrs
+
+from flatrender.domain.crash_policy import CrashVerdict
+from flatrender.domain.pricing import cancel_refund
+
+
+class JobStep(enum.Enum):
+    QUEUED = "Queued"
+    PREPARING = "Preparing"
+    RENDERING = "Rendering"
+    MERGING = "Merging"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class RangeStatus(enum.Enum):
+    PENDING = "Pending"
+    ASSIGNED = "Assigned"
+    RENDERING = "Rendering"
+    RENDERED = "Rendered"
+    VALIDATED = "Validated"
+    FAILED = "Failed"
+
+
+J = JobStep
+R = RangeStatus
+TERMINAL_STEPS = frozenset({J.COMPLETED, J.FAILED, J.CANCELLED})
+_RUNNING = (R.ASSIGNED, R.RENDERING)  # a node holds the range and renders it
+_UNVALIDATED = (R.ASSIGNED, R.RENDERING, R.RENDERED)  # a node holds frames not yet validated
+
+
+@attrs.frozen
+class Trim:
+    """An unsettled trim: the range ended at ``original_end`` until ``tail_id`` took the rest."""
+
+    original_end: int
+    tail_id: UUID
+
+
+@attrs.frozen
+class RangeState:
+    id: UUID
+    start_frame: int
+    end_frame: int
+    status: RangeStatus = R.PENDING
+    node_id: UUID | None = None
+    attempt: int = 1
+    reported_frames: frozenset[int] = frozenset()
+    last_error: str | None = None
+    replaces_id: UUID | None = None
+    trim: Trim | None = None
+
+    @property
+    def frame_count(self) -> int:
+        return self.end_frame - self.start_frame + 1
+
+    @property
+    def frames_rendered(self) -> int:
+        return len(self.reported_frames)
+
+    @property
+    def frames_validated(self) -> int:
+        return self.frame_count if self.status is R.VALIDATED else 0
+
+    @property
+    def order_value(self) -> int:
+        """Merge order: current ranges tile the job, so their first frames order them."""
+        return self.start_frame
+
+
+@attrs.frozen
+class JobState:
+    job_id: UUID
+    start_frame: int
+    end_frame: int
+    step: JobStep = J.QUEUED
+    paid_minor: int = 0
+    ranges: tuple[RangeState, ...] = ()
+    replica_key: str | None = None
+    replica_node_id: UUID | None = None  # the node building the replica (Preparing)
+    export_id: UUID | None = None
+    failed_message: str | None = None
+    repair_attempts: int = 0  # ResetAndRestart verdicts
+
+    @property
+    def terminal(self) -> bool:
+        return self.step in TERMINAL_STEPS
+
+    @property
+    def total_frames(self) -> int:
+        return self.end_frame - self.start_frame + 1
+
+    @property
+    def current_ranges(self) -> tuple[RangeState, ...]:
+        return tuple(r for r in self.ranges if r.status is not R.FAILED)
+
+    @property
+    def frames_validated(self) -> int:
+        return sum(r.frames_validated for r in self.ranges)
+
+    def range(self, range_id: UUID) -> RangeState | None:
+        return next((r for r in self.ranges if r.id == range_id), None)
+
+
+@attrs.frozen
+class JobPolicy:
+    max_attempts: int = 3
+
+
+def replacement_id(failed_range_id: UUID) -> UUID:
+    """The id of the range that replaces ``failed_range_id`` (a range fails at most once)."""
+    return uuid5(failed_range_id, "replacement")
+
+
+# ------------------------------------------------------------------ events
+
+
+@attrs.frozen
+class ReplicaAvailable:
+    """The replica of this project version exists; ``ranges`` are the planned Pending ranges."""
+
+    replica_key: str
+    ranges: tuple[RangeState, ...]
+
+
+@attrs.frozen
+class ReplicaMissing:
+    """No replica yet: one node must build it."""
+
+
+@attrs.frozen
+class ReplicaBuilderAssigned:
+    node_id: UUID
+
+
+@attrs.frozen
+class ReplicaBuilt:
+    replica_key: str
+    ranges: tuple[RangeState, ...]
+
+
+@attrs.frozen
+class ReplicaFailed:
+    error: str
+
+
+@attrs.frozen
+class RangeAssigned:
+    range_id: UUID
+    node_id: UUID
+
+
+@attrs.frozen
+class FrameReported:
+    range_id: UUID
+    node_id: UUID
+    frame: int
+
+
+@attrs.frozen
+class OutputValidated:
+    range_id: UUID
+    ok: bool
+    error: str | None = None
+
+
+@attrs.frozen
+class NodeLost:
+    """The node went Offline or restarted: its unvalidated frames died with it."""
+
+    node_id: UUID
+
+
+@attrs.frozen
+class CrashDecided:
+    """The crash policy's verdict on a crash the node ``node_id`` reported for the range."""
+
+    range_id: UUID
+    node_id: UUID
+    verdict: CrashVerdict
+
+
+@attrs.frozen
+class TrimmedTail:
+    """The range now ends at ``new_end``; ``tail_range_id`` (same attempt) takes the rest."""
+
+    range_id: UUID
+    new_end: int
+    tail_range_id: UUID
+
+
+@attrs.frozen
+class CancelRequested:
+    reason: str = "cancelled by the user"
+
+
+@attrs.frozen
+class ExportRecorded:
+    export_id: UUID
+
+
+@attrs.frozen
+class MergeFailed:
+    error: str
+
+
+@attrs.frozen
+class Abort:
+    """Fail the job for a reason outside its ranges (its project vanished, an operator)."""
+
+    message: str
+
+
+JobEvent = (
+    ReplicaAvailable
+    | ReplicaMissing
+    | ReplicaBuilderAssigned
+    | ReplicaBuilt
+    | ReplicaFailed
+    | RangeAssigned
+    | FrameReported
+    | OutputValidated
+    | NodeLost
+    | CrashDecided
+    | TrimmedTail
+    | CancelRequested
+    | ExportRecorded
+    | MergeFailed
+    | Abort
+)
+
+# ------------------------------------------------------------------ effects
+
+
+@attrs.frozen
+class RequestReplicaBuilder:
+    """Pick a node to build the replica and answer with ``ReplicaBuilderAssigned``."""
+
+
+@attrs.frozen
+class SendPrepareReplica:
+    node_id: UUID
+
+
+@attrs.frozen
+class SendRenderFrames:
+    range_id: UUID
+    node_id: UUID
+    start_frame: int
+    end_frame: int
+    attempt: int
+
+
+@attrs.frozen
+class SendTrimRange:
+    range_id: UUID
+    node_id: UUID
+    end_frame: int
+
+
+@attrs.frozen
+class CancelRender:
+    range_id: UUID
+    node_id: UUID
+
+
+@attrs.frozen
+class QueueRange:
+    """A new Pending range (planned, or a trimmed tail): persist it, offer it to the scheduler."""
+
+    range: RangeState
+
+
+@attrs.frozen
+class RequeueRange:
+    failed_range_id: UUID
+    replacement: RangeState
+
+
+@attrs.frozen
+class ValidateOutput:
+    range_id: UUID
+    node_id: UUID
+    start_frame: int
+    end_frame: int
+    attempt: int
+
+
+@attrs.frozen
+class NodeSucceeded:
+    """A range the node rendered was validated (its failure streak ends)."""
+
+    node_id: UUID
+
+
+@attrs.frozen
+class StartMerge:
+    range_ids: tuple[UUID, ...]  # in frame order
+
+
+@attrs.frozen
+class AbortMerge:
+    pass
+
+
+@attrs.frozen
+class RefundFull:
+    amount_minor: int
+    reason: str
+
+
+@attrs.frozen
+class RefundCancelShare:
+    amount_minor: int
+    rendered_frames: int
+    total_frames: int
+
+
+LogLevel = Literal["debug", "info", "warn", "error"]
+
+
+@attrs.frozen
+class Log:
+    """A line for the job's log (``job_logs``)."""
+
+    level: LogLevel
+    message: str
+    node_id: UUID | None = None
+
+
+Effect = (
+    RequestReplicaBuilder
+    | SendPrepareReplica
+    | SendRenderFrames
+    | SendTrimRange
+    | CancelRender
+    | QueueRange
+    | RequeueRange
+    | ValidateOutput
+    | NodeSucceeded
+    | StartMerge
+    | AbortMerge
+    | RefundFull
+    | RefundCancelShare
+    | Log
+)
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"  # the event was taken
+    UNCHANGED = "unchanged"  # taken, nothing to do: a duplicate, a node holding nothing here
+    # Lease fencing: the sender no longer holds this work (409 to a node). The state changes only
+    # when a too-late trim makes the holder's range fail (it is requeued).
+    STALE = "stale"
+    IGNORED = "ignored"  # does not apply in this step (terminal job, out-of-order event)
+
+
+@attrs.frozen
+class Decision:
+    state: JobState
+    effects: tuple[Effect, ...] = ()
+    outcome: Outcome = Outcome.APPLIED
+    reason: str = ""
+
+    @property
+    def fenced(self) -> bool:
+        """A node's report was refused: it must drop the work (409 ``stale_assignment``)."""
+        return self.outcome in (Outcome.STALE, Outcome.IGNORED)
+
+
+# ------------------------------------------------------------------ decide
+
+
+def decide(state: JobState, event: JobEvent, policy: JobPolicy) -> Decision:
+    """The job's next state and the effects the actor performs, in order, after persisting it.
+
+    Raises :class:`ValueError` when the ranges of ``ReplicaAvailable``/``ReplicaBuilt`` are not
+    fresh ``Pending`` ranges tiling the job's frames (a bug in the caller's plan).
+    """
+    if state.terminal:
+        return _ignored(state, f"the job is {state.step.value}: {type(event).__name__} ignored")
+    step = state.step
+    match event:
+        case ReplicaAvailable(replica_key=key, ranges=ranges):
+            if step in (J.QUEUED, J.PREPARING):
+                return _start_rendering(state, key, ranges, "the replica exists")
+            return _unchanged(state, "the replica is already in place")
+        case ReplicaMissing():
+            if step is not J.QUEUED:
+                return _ignored(state, f"no replica to build while {step.value}")
+            return Decision(
+                attrs.evolve(state, step=J.PREPARING),
+                (RequestReplicaBuilder(), Log("info", "building the replica")),
+            )
+        case ReplicaBuilderAssigned(node_id=node):
+            if step is J.PREPARING and state.replica_node_id == node:
+                return _unchanged(state, "the node already builds the replica")
+            if step is not J.PREPARING or state.replica_node_id is not None:
+                return _ignored(state, "no replica builder wanted")
+            return Decision(
+                attrs.evolve(state, replica_node_id=node),
+                (SendPrepareReplica(node), Log("info", "the node builds the replica", node)),
+            )
+        case ReplicaBuilt(replica_key=key, ranges=ranges):
+            if step is J.PREPARING:
+                return _start_rendering(state, key, ranges, "the replica was built")
+            if step in (J.RENDERING, J.MERGING):
+                return _unchanged(state, "the replica is already in place")
+            return _ignored(state, f"no replica was being built while {step.value}")
+        case ReplicaFailed(error=error):
+            if step is not J.PREPARING:
+                return _ignored(state, f"no replica was being built while {step.value}")
+            return _fail_job(state, f"the replica could not be built: {error}")
+        case RangeAssigned():
+            return _range_assigned(state, event)
+        case FrameReported():
+            return _frame_reported(state, event)
+        case OutputValidated():
+            return _output_validated(state, event, policy)
+        case NodeLost(node_id=node):
+            return _node_lost(state, node, policy)
+        case CrashDecided():
+            return _crash_decided(state, event, policy)
+        case TrimmedTail():
+            return _trimmed_tail(state, event)
+        case CancelRequested(reason=reason):
+            return _cancel(state, reason)
+        case ExportRecorded(export_id=export_id):
+            if step is not J.MERGING:
+                return _ignored(state, f"no merge was running while {step.value}")
+            return Decision(
+                attrs.evolve(state, step=J.COMPLETED, export_id=export_id),
+                (Log("info", f"export {export_id} recorded: the job is complete"),),
+            )
+        case MergeFailed(error=error):
+            if step is not J.MERGING:
+                return _ignored(state, f"no merge was running while {step.value}")
+            return _fail_job(state, f"the segments could not be merged: {error}")
+        case Abort(message=message):
+            return _fail_job(state, message)
+        case _:
+            assert_never(event)
+
+
+def _ignored(state: JobState, reason: str) -> Decision:
+    return Decision(state, (Log("warn", reason),), Outcome.IGNORED, reason)
+
+
+def _unchanged(state: JobState, reason: str) -> Decision:
+    return Decision(state, (), Outcome.UNCHANGED, reason)
+
+
+def _stale(state: JobState, reason: str, node: UUID) -> Decision:
+    return Decision(
+        state, (Log("info", f"stale report refused: {reason}", node),), Outcome.STALE, reason
+    )
+
+
+def _frames(r: RangeState) -> str:
+    return f"frames {r.start_frame}-{r.end_frame}"
+
+
+def _with(state: JobState, *changed: RangeState) -> JobState:
+    """``state`` with the ranges of the same ids replaced and any new ones appended."""
+    by_id = {r.id: r for r in changed}
+    kept = tuple(by_id.pop(r.id, r) for r in state.ranges)
+    return attrs.evolve(state, ranges=kept + tuple(by_id.values()))
+
+
+def _check_plan(state: JobState, ranges: Iterable[RangeState]) -> None:
+    expected = state.start_frame
+    ids: set[UUID] = set()
+    for r in sorted(ranges, key=lambda r: r.start_frame):
+        if r.start_frame != expected or r.end_frame < r.start_frame:
+            raise ValueError(
+                f"planned ranges do not tile frames {state.start_frame}-{state.end_frame}"
+            )
+        if r.status is not R.PENDING or r.node_id is not None or r.id in ids:
+            raise ValueError(f"planned range {r.id} is not a fresh Pending range")
+        ids.add(r.id)
+        expected = r.end_frame + 1
+    if expected != state.end_frame + 1:
+        raise ValueError(f"planned ranges do not tile frames {state.start_frame}-{state.end_frame}")
+
+
+def _start_rendering(
+    state: JobState, key: str, ranges: tuple[RangeState, ...], why: str
+) -> Decision:
+    """Raises :class:`ValueError` unless ``ranges`` are fresh Pending ranges tiling the job."""
+    _check_plan(state, ranges)
+    new = attrs.evolve(
+        state, step=J.RENDERING, replica_key=key, replica_node_id=None, ranges=ranges
+    )
+    effects: list[Effect] = [QueueRange(r) for r in ranges]
+    effects.append(Log("info", f"{why}: rendering in {len(ranges)} ranges"))
+    return Decision(new, tuple(effects))
+
+
+def _range_assigned(state: JobState, ev: RangeAssigned) -> Decision:
+    r = state.range(ev.range_id)
+    if state.step is not J.RENDERING or r is None:
+        return _ignored(state, f"no range {ev.range_id} to assign while {state.step.value}")
+    if r.status in _RUNNING and r.node_id == ev.node_id:
+        return _unchanged(state, "the range is already assigned to this node")
+    if r.status is not R.PENDING:
+        return _stale(state, f"range {r.id} is {r.status.value}, not Pending", ev.node_id)
+    assigned = attrs.evolve(r, status=R.ASSIGNED, node_id=ev.node_id)
+    return Decision(
+        _with(state, assigned),
+        (
+            SendRenderFrames(r.id, ev.node_id, r.start_frame, r.end_frame, r.attempt),
+            Log("info", f"{_frames(r)} (attempt {r.attempt}) assigned", ev.node_id),
+        ),
+    )
+
+
+def _frame_reported(state: JobState, ev: FrameReported) -> Decision:
+    r = state.range(ev.range_id)
+    if r is None:
+        return _stale(state, f"range {ev.range_id} is not this job's", ev.node_id)
+    if r.node_id != ev.node_id:
+        return _stale(state, f"range {r.id} is not held by this node", ev.node_id)
+    if ev.frame in r.reported_frames and r.status is not R.FAILED:
+        return _unchanged(state, f"frame {ev.frame} was already reported")
+    if r.status not in _RUNNING:
+        return _stale(state, f"range {r.id} is {r.status.value}", ev.node_id)
+    if r.trim is not None and r.end_frame < ev.frame <= r.trim.original_end:
+        return _trim_too_late(state, r, r.trim, ev)
+    if not r.start_frame <= ev.frame <= r.end_frame:
+        return _stale(state, f"frame {ev.frame} is outside {_frames(r)}", ev.node_id)
+    return _record_frame(state, r, ev.frame, [])
+
+
+def _record_frame(state: JobState, r: RangeState, frame: int, effects: list[Effect]) -> Decision:
+    reported = r.reported_frames | {frame}
+    if frame != r.end_frame:
+        return Decision(
+            _with(state, attrs.evolve(r, status=R.RENDERING, reported_frames=reported)),
+            tuple(effects),
+        )
+    assert r.node_id is not None
+    effects.append(ValidateOutput(r.id, r.node_id, r.start_frame, r.end_frame, r.attempt))
+    rendered = attrs.evolve(r, status=R.RENDERED, reported_frames=reported)
+    return Decision(_with(state, rendered), tuple(effects))
+
+
+def _trim_too_late(state: JobState, r: RangeState, trim: Trim, ev: FrameReported) -> Decision:
+    """The holder rendered past its trimmed end: it never applied the trim."""
+    tail = next((t for t in state.current_ranges if t.start_frame == r.end_frame + 1), None)
+    if tail is not None and tail.status in (R.PENDING, *_RUNNING):
+        effects: list[Effect] = [
+            Log("warn", f"trim of {_frames(r)} came too late: tail withdrawn", ev.node_id)
+        ]
+        if tail.node_id is not None and tail.status in _RUNNING:
+            effects.append(CancelRender(tail.id, tail.node_id))
+        withdrawn = attrs.evolve(tail, status=R.FAILED, last_error="withdrawn: trim came too late")
+        restored = attrs.evolve(r, end_frame=trim.original_end, trim=None)
+        return _record_frame(_with(state, withdrawn, restored), restored, ev.frame, effects)
+    # The tail's frames are rendered elsewhere: the holder's output would overlap them.
+    failed = attrs.evolve(
+        r, status=R.FAILED, last_error="trim came too late: tail already rendered"
+    )
+    replacement = attrs.evolve(
+        r,
+        id=replacement_id(r.id),
+        status=R.PENDING,
+        node_id=None,
+        reported_frames=frozenset(),
+        last_error=None,
+        replaces_id=r.id,
+        trim=None,
+    )
+    reason = f"{_frames(r)}: trim came too late and the tail is rendered; range requeued"
+    return Decision(
+        _with(state, failed, replacement),
+        (RequeueRange(r.id, replacement), Log("warn", reason, ev.node_id)),
+        Outcome.STALE,
+        reason,
+    )
+
+
+def _output_validated(state: JobState, ev: OutputValidated, policy: JobPolicy) -> Decision:
+    r = state.range(ev.range_id)
+    if r is not None and r.status is R.VALIDATED and ev.ok:
+        return _unchanged(state, "the range is already validated")
+    if state.step is not J.RENDERING or r is None or r.status is not R.RENDERED:
+        return _ignored(state, f"range {ev.range_id} is not awaiting validation")
+    assert r.node_id is not None
+    if not ev.ok:
+        error = ev.error or "no reason given"
+        return _requeue(state, [r], f"output validation failed: {error}", policy)
+    new = _with(state, attrs.evolve(r, status=R.VALIDATED))
+    effects: list[Effect] = [NodeSucceeded(r.node_id), Log("info", f"{_frames(r)} validated")]
+    if all(c.status is R.VALIDATED for c in new.current_ranges):
+        order = tuple(c.id for c in sorted(new.current_ranges, key=lambda c: c.order_value))
+        new = attrs.evolve(new, step=J.MERGING)
+        effects += [StartMerge(order), Log("info", "every range validated: merging")]
+    return Decision(new, tuple(effects))
+
+
+def _requeue(state: JobState, lost: list[RangeState], error: str, policy: JobPolicy) -> Decision:
+    """Fail ``lost`` and queue each again with ``attempt + 1``, or fail the job if one can't."""
+    failed = [attrs.evolve(r, status=R.FAILED, last_error=error) for r in lost]
+    exhausted = next((r for r in lost if r.attempt + 1 > policy.max_attempts), None)
+    if exhausted is not None:
+        message = (
+            f"{_frames(exhausted)} failed {exhausted.attempt} attempts"
+            f" (at most {policy.max_attempts}): {error}"
+        )
+        return _fail_job(_with(state, *failed), message)
+    effects: list[Effect] = []
+    replacements: list[RangeState] = []
+    for r in lost:
+        new = RangeState(
+            id=replacement_id(r.id),
+            start_frame=r.start_frame,
+            end_frame=r.end_frame,
+            attempt=r.attempt + 1,
+            replaces_id=r.id,
+        )
+        replacements.append(new)
+        effects.append(RequeueRange(r.id, new))
+        effects.append(
+            Log("warn", f"{_frames(r)} requeued as attempt {new.attempt}: {error}", r.node_id)
+        )
+    return Decision(_with(state, *failed, *replacements), tuple(effects))
+
+
+def _node_lost(state: JobState, node: UUID, policy: JobPolicy) -> Decision:
+    if state.step is J.PREPARING and state.replica_node_id == node:
+        return Decision(
+            attrs.evolve(state, replica_node_id=None),
+            (RequestReplicaBuilder(), Log("warn", "the replica builder was lost", node)),
+        )
+    held = [r for r in state.current_ranges if r.node_id == node and r.status in _UNVALIDATED]
+    if not held:
+        return _unchanged(state, "the node held none of this job's unvalidated ranges")
+    return _requeue(state, held, "the node was lost before the output was validated", policy)
+
+
+def _crash_decided(state: JobState, ev: CrashDecided, policy: JobPolicy) -> Decision:
+    r = state.range(ev.range_id)
+    if r is None or r.node_id != ev.node_id or r.status not in _RUNNING:
+        return _stale(state, f"range {ev.range_id} is not being rendered by this node", ev.node_id)
+    verdict = ev.verdict
+    if verdict.fail_job:
+        failed = attrs.evolve(r, status=R.FAILED, last_error=verdict.reason)
+        return _fail_job(_with(state, failed), verdict.reason)
+    if verdict.requeue_range:
+        return _requeue(state, [r], f"AfterFX crashed: {verdict.reason}", policy)
+    return Decision(
+        attrs.evolve(state, repair_attempts=state.repair_attempts + 1),
+        (Log("warn", f"AfterFX crashed on {_frames(r)}: {verdict.reason}", ev.node_id),),
+    )
+
+
+def _trimmed_tail(state: JobState, ev: TrimmedTail) -> Decision:
+    r = state.range(ev.range_id)
+    if state.step is not J.RENDERING or r is None or r.status not in _RUNNING:
+        return _ignored(state, f"range {ev.range_id} is not being rendered")
+    if r.trim is not None:
+        if r.trim.tail_id == ev.tail_range_id and r.end_frame == ev.new_end:
+            return _unchanged(state, "the range was already trimmed so")
+        return _ignored(state, f"{_frames(r)} was already trimmed once")
+    if any(
+        p.trim is not None and p.status in _RUNNING and p.end_frame + 1 == r.start_frame
+        for p in state.current_ranges
+    ):
+        return _ignored(state, f"{_frames(r)} is a tail whose trim has not settled")
+    if not r.start_frame <= ev.new_end < r.end_frame:
+        return _ignored(state, f"end {ev.new_end} does not shorten {_frames(r)}")
+    if any(f >= ev.new_end for f in r.reported_frames):
+        return _ignored(state, f"the holder already rendered frame {ev.new_end}")
+    if state.range(ev.tail_range_id) is not None:
+        return _ignored(state, f"range {ev.tail_range_id} already exists")
+    assert r.node_id is not None
+    tail = RangeState(ev.tail_range_id, ev.new_end + 1, r.end_frame, attempt=r.attempt)
+    trimmed = attrs.evolve(r, end_frame=ev.new_end, trim=Trim(r.end_frame, tail.id))
+    return Decision(
+        _with(state, trimmed, tail),
+        (
+            SendTrimRange(r.id, r.node_id, ev.new_end),
+            QueueRange(tail),
+            Log("info", f"{_frames(r)} trimmed: {_frames(tail)} go to another node", r.node_id),
+        ),
+    )
+
+
+def _close(state: JobState, step: JobStep, why: str) -> tuple[JobState, list[Effect]]:
+    """End the job: open ranges fail, nodes rendering them are told to stop, a merge aborts."""
+    effects: list[Effect] = []
+    closed: list[RangeState] = []
+    for r in state.ranges:
+        if r.status in (R.PENDING, *_UNVALIDATED):
+            closed.append(attrs.evolve(r, status=R.FAILED, last_error=why))
+            if r.node_id is not None and r.status in _RUNNING:
+                effects.append(CancelRender(r.id, r.node_id))
+    if state.step is J.MERGING:
+        effects.append(AbortMerge())
+    return attrs.evolve(_with(state, *closed), step=step, replica_node_id=None), effects
+
+
+def _fail_job(state: JobState, message: str) -> Decision:
+    new, effects = _close(state, J.FAILED, "the job failed")
+    if state.paid_minor > 0:
+        effects.append(RefundFull(state.paid_minor, message))
+    effects.append(Log("error", f"the job failed: {message}"))
+    return Decision(attrs.evolve(new, failed_message=message), tuple(effects))
+
+
+def _cancel(state: JobState, reason: str) -> Decision:
+    new, effects = _close(state, J.CANCELLED, "the job was cancelled")
+    rendered = state.frames_validated
+    refund = cancel_refund(state.paid_minor, state.total_frames, rendered)
+    if refund > 0:
+        effects.append(RefundCancelShare(refund, rendered, state.total_frames))
+    effects.append(Log("info", f"the job was cancelled: {reason}"))
+    return Decision(new, tuple(effects))
