@@ -43,6 +43,9 @@ class NodeDeps:
     clock: Callable[[], datetime]
     # Called when a node's ranges are lost (dead or restarted); the job system requeues them.
     on_lost: Callable[[UUID, str], Awaitable[None]]
+    # The scheduler: whether work waits for nodes, and a nudge when a node becomes Idle.
+    work_waiting: Callable[[], bool] = lambda: False
+    node_idle: Callable[[], None] = lambda: None
 
 
 # ------------------------------------------------------------------ messages
@@ -109,6 +112,8 @@ class Unassign:
 class RecordCrash:
     report: nodes.CrashReport
     reply: Reply  # -> CrashOutcome
+    # The crash policy's answer, stored with the crash so a repeated report gets the same one.
+    action: CrashAction = CrashAction.REASSIGN_WORK
 
 
 @attrs.frozen
@@ -260,8 +265,8 @@ class NodeActor:
             case Unassign(work_id=work_id, succeeded=succeeded):
                 await self._unassign(work_id, succeeded)
                 answer(message.reply, None)
-            case RecordCrash(report=report):
-                answer(message.reply, await self._record_crash(report))
+            case RecordCrash(report=report, action=action):
+                answer(message.reply, await self._record_crash(report, action))
             case Patch(patch=patch):
                 await self._patch(patch)
                 answer(message.reply, None)
@@ -281,7 +286,8 @@ class NodeActor:
         await self._apply(ns.Heartbeat(self.deps.clock(), busy=busy))
         self.last_sample = attrs.evolve(sample, status=self.state.status.value)
         self.deps.samples.submit(self.last_sample)
-        interval = ns.heartbeat_interval(self.state, work_waiting=False, policy=policy)
+        waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting()
+        interval = ns.heartbeat_interval(self.state, work_waiting=waiting, policy=policy)
         return HeartbeatAnswer(interval, tuple(self.commands))
 
     async def _ack(self, ids: tuple[UUID, ...]) -> None:
@@ -330,12 +336,10 @@ class NodeActor:
             reported = self.last_sample is not None and self.last_sample.current_job_id is not None
             await self._apply(ns.WorkAssigned(busy=reported))
 
-    async def _record_crash(self, report: nodes.CrashReport) -> CrashOutcome:
+    async def _record_crash(self, report: nodes.CrashReport, action: CrashAction) -> CrashOutcome:
         decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
-        # The crash policy of the job issue decides the answer; until then the range moves on.
-        action = CrashAction.REASSIGN_WORK.value
         async with self.deps.db.transaction() as conn:
-            row = await nodes.record_crash(conn, uuid4(), report, action)
+            row = await nodes.record_crash(conn, uuid4(), report, action.value)
             if row is not None:
                 await nodes.save_state(conn, self.node_id, decision.state)
         if row is None:
@@ -400,6 +404,8 @@ class NodeActor:
                 new.status.value,
                 why,
             )
+            if new.status is ns.S.IDLE:
+                self.deps.node_idle()
         self.state = new
 
     async def _perform(self, effect: ns.Effect) -> None:

@@ -1,9 +1,10 @@
 """The actor system: the root supervisor and the long-lived actors under it (DESIGN §1).
 
 Order matters and is explicit: the health writer first (node actors feed it), then the fleet
-(node actors rebuilt from PostgreSQL), then the software rollout (it talks to node actors), then
-the reaper. Each is a PERMANENT child of the root
-supervisor; an actor object survives its own restarts, so handles held elsewhere stay valid.
+(node actors rebuilt from PostgreSQL), the jobs (job actors rebuilt and resumed), the scheduler
+that pairs their work, the software rollout (it talks to node actors), then the reaper. Each is
+a PERMANENT child of the root supervisor; an actor object survives its own restarts, so handles
+held elsewhere stay valid.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import trio
 
 from flatrender.actors.fleet import Fleet
 from flatrender.actors.health_writer import HealthWriter
+from flatrender.actors.job import JobDeps
+from flatrender.actors.jobs import JobSystem
+from flatrender.actors.merger import Merger
 from flatrender.actors.node import NodeDeps
 from flatrender.actors.reaper import Reaper, health_tasks
 from flatrender.actors.rollout import RolloutActor
+from flatrender.actors.scheduler import Scheduler
 from flatrender.actors.supervisor import ChildSpec, RestartPolicy, Supervisor
 from flatrender.clock import utc_now
 from flatrender.config import Config
@@ -63,8 +68,23 @@ class ActorSystem:
                 policy=lambda: node_policy(config()),
                 clock=clock,
                 on_lost=self._node_lost,
+                work_waiting=lambda: self.scheduler.work_waiting(),
+                node_idle=lambda: self.scheduler.wake(),
             )
         )
+        self.merger = Merger(store)
+        self.jobs = JobSystem(
+            JobDeps(
+                db=db,
+                store=store,
+                fleet=self.fleet,
+                merger=self.merger,
+                config=config,
+                clock=clock,
+                wake_scheduler=lambda: self.scheduler.wake(),
+            )
+        )
+        self.scheduler = Scheduler(db, self.jobs)
         self.rollout = RolloutActor(db, self.fleet, store, config, clock)
         self.reaper = Reaper(
             health_tasks(db, config().nodes.health_retention_days), now=clock, interval_sec=60.0
@@ -81,6 +101,8 @@ class ActorSystem:
                     await nursery.start(self.root.run)
                     await self.root.start_child(ChildSpec("health-writer", self.health.run))
                     await self.root.start_child(ChildSpec("fleet", self.fleet.run))
+                    await self.root.start_child(ChildSpec("jobs", self.jobs.run))
+                    await self.root.start_child(ChildSpec("scheduler", self.scheduler.run))
                     await self.root.start_child(ChildSpec("rollout", self.rollout.run))
                     await self.root.start_child(ChildSpec("reaper", self.reaper.run))
                     task_status.started(self)
@@ -88,9 +110,8 @@ class ActorSystem:
             self._done.set()
 
     async def _node_lost(self, node_id: UUID, reason: str) -> None:
-        # The job system (issue 4) requeues the node's ranges; until then the loss is logged
-        # here and the node's Offline status is already committed.
-        log.warning("node %s: its ranges must be reassigned (%s)", node_id, reason)
+        log.warning("node %s lost its work (%s): requeueing its ranges", node_id, reason)
+        await self.jobs.node_lost(node_id)
 
     async def drain(self) -> None:
         """Stop every actor; the health writer flushes what it holds on its way out."""

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from quart import Blueprint, Response, jsonify
+from quart import Response, jsonify
 from quart_trio import QuartTrio
 
-from flatrender.http import billing, catalog, internal, node_updates, nodes
+from flatrender.http import (
+    billing,
+    catalog,
+    internal,
+    node_updates,
+    nodes,
+    render_actions,
+    renders,
+)
 from flatrender.http.common import AppState
 from flatrender.http.errors import register_error_handlers
 from flatrender.http.openapi import openapi_document
@@ -18,17 +25,23 @@ from flatrender.http.pending import register_placeholders
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def create_app(app_state: AppState, *, extra_blueprints: Sequence[Blueprint] = ()) -> QuartTrio:
-    """The app; ``extra_blueprints`` are registered before the 501 placeholders fill the gaps."""
+def create_app(app_state: AppState) -> QuartTrio:
     app = QuartTrio("flatrender")
     app.config["FLATRENDER_STATE"] = app_state
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
-    for blueprint in (catalog.bp, billing.bp, internal.bp, nodes.bp, node_updates.bp):
-        app.register_blueprint(blueprint)
-    for blueprint in extra_blueprints:
+    blueprints = (
+        catalog.bp,
+        billing.bp,
+        internal.bp,
+        nodes.bp,
+        node_updates.bp,
+        renders.bp,
+        render_actions.bp,
+    )
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
 
     @app.get("/v1/openapi.json")

@@ -16,8 +16,9 @@ from uuid import UUID
 import attrs
 from quart import Blueprint, request
 
-from flatrender.actors import node
+from flatrender.actors import job, node
 from flatrender.actors.fleet import Fleet, NodeUnknown
+from flatrender.actors.jobs import JobUnknown
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.clock import utc_now
 from flatrender.domain import signing
@@ -26,8 +27,8 @@ from flatrender.http.codec import parse_json, structure
 from flatrender.http.common import state
 from flatrender.http.errors import (
     ApiError,
+    conflict,
     not_found,
-    not_implemented,
     unauthorized,
     unprocessable,
 )
@@ -284,6 +285,23 @@ async def existing_job(job_id: str, frame_job_id: UUID | None = None) -> UUID:
     return jid
 
 
+def stale() -> ApiError:
+    return conflict("stale_assignment", "this work is no longer assigned to this node")
+
+
+async def call_job(job_id: UUID, make: Any) -> Any:
+    """Route to the job's actor; a job that has ended answers 409 (the node drops the work)."""
+    actors = state().actors
+    if actors is None:
+        raise ApiError(503, "service_unavailable", "the job system is starting, retry")
+    try:
+        return await actors.jobs.call(job_id, make)
+    except JobUnknown:
+        raise stale() from None
+    except ActorUnavailable:
+        raise ApiError(503, "service_unavailable", "the job's actor is busy, retry") from None
+
+
 @bp.post("/v1/internal/render/jobs/<job_id>/crash")
 async def crash(job_id: str) -> dict[str, Any]:
     nid, raw = await signed_body(None)
@@ -299,25 +317,53 @@ async def crash(job_id: str) -> dict[str, Any]:
         error_log=body.error_log_tail[-MAX_ERROR_LOG:],
         log_file_url=body.log_file_url,
     )
-    outcome: node.CrashOutcome = await call_node(nid, lambda reply: node.RecordCrash(report, reply))
-    reassigned = outcome.crash.reassigned_to_node_id
+    if body.frame_job_id is None:
+        # A crash outside any range (idle, preparing): counted against the node only.
+        outcome: node.CrashOutcome = await call_node(
+            nid, lambda reply: node.RecordCrash(report, reply)
+        )
+        return {"action_recommended": outcome.crash.recovery_action, "reassigned_to_node_id": None}
+    verdict: job.CrashAnswer | None = await call_job(
+        jid, lambda reply: job.CrashReported(report, reply)
+    )
+    if verdict is None:
+        raise stale()
+    reassigned = verdict.reassigned_to_node_id
     return {
-        "action_recommended": outcome.crash.recovery_action,
+        "action_recommended": verdict.action.value,
         "reassigned_to_node_id": None if reassigned is None else str(reassigned),
     }
 
 
 @bp.post("/v1/internal/render/jobs/<job_id>/frames")
-async def frames(job_id: str) -> Any:
-    _, raw = await signed_body(None)
+async def frames(job_id: str) -> tuple[str, int]:
+    nid, raw = await signed_body(None)
     body: FrameIn = validated(raw, FrameIn)
-    await existing_job(job_id, body.frame_job_id)
-    raise not_implemented("POST /v1/internal/render/jobs/{job_id}/frames", 4)
+    jid = await existing_job(job_id, body.frame_job_id)
+    accepted = await call_job(
+        jid,
+        lambda reply: job.ReportFrame(
+            nid,
+            body.frame_job_id,
+            body.frame_number,
+            body.file_size_bytes,
+            body.completed_at,
+            reply,
+        ),
+    )
+    if not accepted:
+        raise stale()
+    return "", 204
 
 
 @bp.post("/v1/internal/render/jobs/<job_id>/replica-ready")
-async def replica_ready(job_id: str) -> Any:
-    _, raw = await signed_body(None)
-    validated(raw, ReplicaReadyIn)
-    await existing_job(job_id)
-    raise not_implemented("POST /v1/internal/render/jobs/{job_id}/replica-ready", 4)
+async def replica_ready(job_id: str) -> tuple[str, int]:
+    nid, raw = await signed_body(None)
+    body: ReplicaReadyIn = validated(raw, ReplicaReadyIn)
+    jid = await existing_job(job_id)
+    accepted = await call_job(
+        jid, lambda reply: job.ReplicaReady(nid, body.replica_path, body.replica_md5, reply)
+    )
+    if not accepted:
+        raise stale()
+    return "", 204

@@ -9,6 +9,7 @@ reads anyone's job by id); a service token has no user, so it cannot submit or l
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from typing import Any
 from uuid import UUID, uuid4
@@ -16,6 +17,7 @@ from uuid import UUID, uuid4
 import attrs
 from quart import Blueprint, request
 
+from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.domain import pricing, submit
 from flatrender.domain.catalog import Project
 from flatrender.http.auth import acting_user, require_owner
@@ -128,8 +130,11 @@ async def submit_render() -> tuple[dict[str, Any], int, dict[str, str]]:
     if project is None or project.owner_user_id != user_id:
         raise not_found("project", spec.saved_project_id)
     new, quote = _new_job(user_id, spec, options, project)
-    row = await _charge_and_insert(new, quote)
-    # TODO(issue 4, job actors): tell the JobSupervisor about row.id, after the commit above.
+    row = await charge_and_insert(new, quote)
+    actors = state().actors
+    if actors is not None:
+        with contextlib.suppress(ActorUnavailable):  # committed: a restart starts it anyway
+            await actors.jobs.start_job(row.id)
     return job_json(row), 201, {"Location": f"/v1/renders/{row.id}"}
 
 
@@ -189,7 +194,7 @@ def _new_job(
     return new, quote
 
 
-async def _charge_and_insert(new: jobs.NewJob, quote: pricing.PriceQuote) -> jobs.JobRow:
+async def charge_and_insert(new: jobs.NewJob, quote: pricing.PriceQuote) -> jobs.JobRow:
     """Write the job and its charge atomically; 409 for a used code, 402 when money is short.
 
     Both checks run under the account lock, so concurrent submits of one user are serialised

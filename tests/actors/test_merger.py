@@ -8,7 +8,7 @@ from uuid import uuid4
 import pytest
 
 from flatrender import media
-from flatrender.actors.merger import Merger, MergeFailed, MergeRequest, export_id_for
+from flatrender.actors.merger import MergeFailed, Merger, MergeRequest, export_id_for
 from flatrender.storage import MinioStore
 
 

@@ -256,7 +256,8 @@ async def test_replica_ready_is_signed_and_validated(agent: NodeClient, db) -> N
     path = f"/v1/internal/render/jobs/{job_id}/replica-ready"
     assert (await agent.post(path, {"node_id": str(agent.node_id)})).status_code == 422
     ok = {"node_id": str(agent.node_id), "replica_path": "replicas/x/1.aep"}
-    assert (await agent.post(path, ok)).status_code == 501  # the job issue brings its behaviour
+    # The job has no actor (never started): the node is told the work is not its own.
+    assert (await agent.post(path, ok)).status_code == 409
 
 
 async def test_secrets_never_reach_the_logs(agent: NodeClient, caplog) -> None:

@@ -31,7 +31,18 @@ NODE_ROUTES = [
     ("GET", "/v1/nodes/{}/crashes"),
 ]
 ALL_ROUTES = [("GET", "/v1/nodes"), ("POST", "/v1/nodes"), *NODE_ROUTES]
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+# Recent enough that the Reaper (retention, downsampling after 24 h) leaves the samples alone.
+T0 = (datetime.now(UTC) - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+DAY = T0.strftime("%Y-%m-%d")
+HOUR = T0.hour
+
+
+def at(minute: int, second: int = 0) -> str:
+    return f"{DAY}T{HOUR:02d}:{minute:02d}:{second:02d}"
+
+
+def hm(minute: int) -> str:
+    return f"{HOUR:02d}:{minute:02d}"
 
 
 def node_body(**changes: Any) -> dict[str, Any]:
@@ -496,7 +507,7 @@ async def test_health_falls_back_to_the_stored_history(
     await insert_samples(db, node_id, [T0, T0 + timedelta(seconds=5)])
     response = await client.get(f"/v1/nodes/{node_id}/health", headers=admin(tokens))
     assert response.status_code == 200
-    assert (await response.get_json())["recorded_at"] == "2024-05-01T12:00:05Z"
+    assert (await response.get_json())["recorded_at"] == at(0, 5) + "Z"
 
 
 async def insert_samples(db: Any, node_id: UUID, times: list[datetime]) -> None:
@@ -528,14 +539,15 @@ async def test_history_is_newest_first_within_from_and_to(
         assert all(s["node_id"] == str(node_id) for s in data)
         return [s["recorded_at"][11:16] for s in data]
 
-    assert await times({}) == ["12:04", "12:03", "12:02", "12:01", "12:00"]
-    window = {"from": "2024-05-01T12:01:00Z", "to": "2024-05-01T12:03:00+00:00"}
-    assert await times(window) == ["12:02", "12:01"]
-    assert await times({"from": "2024-05-01T14:02:00+02:00"}) == ["12:04", "12:03", "12:02"]
-    assert await times({"limit": "2"}) == ["12:04", "12:03"]
-    assert await times({"limit": "0"}) == ["12:04"]
+    assert await times({}) == [hm(4), hm(3), hm(2), hm(1), hm(0)]
+    window = {"from": at(1) + "Z", "to": at(3) + "+00:00"}
+    assert await times(window) == [hm(2), hm(1)]
+    shifted = (T0 + timedelta(hours=2, minutes=2)).strftime("%Y-%m-%dT%H:%M:%S") + "+02:00"
+    assert await times({"from": shifted}) == [hm(4), hm(3), hm(2)]
+    assert await times({"limit": "2"}) == [hm(4), hm(3)]
+    assert await times({"limit": "0"}) == [hm(4)]
     # An unescaped "+" arrives as a space.
-    assert await times("?to=2024-05-01T12:01:00+00:00") == ["12:00"]
+    assert await times(f"?to={at(1)}+00:00") == [hm(0)]
 
 
 @pytest.mark.parametrize(
@@ -583,7 +595,7 @@ async def test_crashes_are_listed_newest_first(
     assert [c["id"] for c in crashes] == [str(ids[1]), str(ids[0])]
     newest = crashes[0]
     assert newest["node_id"] == str(node_id)
-    assert newest["crashed_at"] == "2024-05-01T12:01:00Z"
+    assert newest["crashed_at"] == at(1) + "Z"
     assert newest["last_known_frame"] == 10
     assert newest["crash_signal"] == "SIGSEGV"
     assert newest["error_log"] == "boom" and newest["log_file_url"] == "https://logs/x"

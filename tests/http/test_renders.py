@@ -26,7 +26,7 @@ DISCOUNTS = {"HALF": 50.0, "TENOFF": 10.0}
 
 @pytest.fixture
 async def api(config: Config, db: Database) -> AsyncIterator[Any]:
-    """The app with the renders blueprint (not yet in ``create_app``), without actors."""
+    """The app without actors (jobs stay Queued), with pricing pinned for arithmetic."""
     # Pinned here so the prices below read as arithmetic: 10/s × duration × factors (+ tip).
     pricing = PricingConfig(
         base_per_second_minor=10,
@@ -47,7 +47,7 @@ async def api(config: Config, db: Database) -> AsyncIterator[Any]:
     app_state = AppState(
         config=attrs.evolve(config, pricing=pricing), db=db, store=MinioStore(config.s3)
     )
-    app = create_app(app_state, extra_blueprints=[renders.bp])
+    app = create_app(app_state)
     async with app.test_app() as test_app:
         yield test_app.test_client()
 

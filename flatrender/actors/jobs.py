@@ -1,0 +1,95 @@
+"""The job supervisor: one JobActor per non-terminal job, and the routing to them.
+
+Job actors are TRANSIENT children: a job that reaches a terminal step ends its actor for good;
+a crashed one is restarted from PostgreSQL. At start every non-terminal job gets its actor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+import trio
+
+from flatrender.actors import job, mailbox
+from flatrender.actors.supervisor import ChildSpec, ChildUnavailable, Restart, Supervisor
+
+log = logging.getLogger("flatrender.jobs")
+
+ACTIVE = """
+SELECT id FROM render_jobs WHERE step NOT IN ('Completed', 'Failed', 'Cancelled') ORDER BY queued_at
+"""
+
+
+class JobUnknown(LookupError):
+    """No actor for this job: it does not exist or is already terminal."""
+
+
+class JobSystem:
+    def __init__(self, deps: job.JobDeps) -> None:
+        self.deps = deps
+        self._supervisor: Supervisor | None = None
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[JobSystem] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        supervisor = Supervisor(name="jobs")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            self._supervisor = supervisor
+            ids = [r["id"] for r in await self.deps.db.fetch(ACTIVE)]
+            for job_id in ids:
+                await self._start(supervisor, job_id)
+            log.info("job system up: %d active jobs", len(ids))
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._supervisor = None
+
+    async def _start(self, supervisor: Supervisor, job_id: UUID) -> None:
+        async def factory(*, task_status: trio.TaskStatus[Any]) -> None:
+            await job.JobActor.run(self.deps, job_id, task_status=task_status)
+
+        spec = ChildSpec(id=str(job_id), factory=factory, restart=Restart.TRANSIENT)
+        await supervisor.start_child(spec)
+
+    async def start_job(self, job_id: UUID) -> None:
+        """Start the actor of a job just committed (a submit or a retry)."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            raise mailbox.ActorUnavailable("the job system is not running")
+        if str(job_id) not in supervisor.statistics().children:
+            await self._start(supervisor, job_id)
+
+    async def call(self, job_id: UUID, make: Any, within_sec: float = 10.0) -> Any:
+        supervisor = self._supervisor
+        if supervisor is None:
+            raise mailbox.ActorUnavailable("the job system is not running")
+        try:
+            inbox = supervisor.handle(str(job_id))
+        except KeyError:
+            raise JobUnknown(str(job_id)) from None
+        except ChildUnavailable:
+            raise mailbox.ActorUnavailable(f"job {job_id} is restarting") from None
+        return await mailbox.call(inbox, make, within_sec)
+
+    async def node_lost(self, node_id: UUID) -> None:
+        """Tell every job that the node's unvalidated work is gone (no answer awaited)."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            return
+        for child_id in list(supervisor.statistics().children):
+            try:
+                inbox = supervisor.handle(child_id)
+            except (KeyError, ChildUnavailable):
+                continue
+            with trio.move_on_after(1.0) as waited:
+                try:
+                    await inbox.send(job.NodeGone(node_id))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    continue  # the job just ended
+            if waited.cancelled_caught:
+                # The scheduler's sweep of ranges held by Offline nodes catches it up.
+                log.warning("job %s is too busy to hear that node %s was lost", child_id, node_id)

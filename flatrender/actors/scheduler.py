@@ -1,0 +1,177 @@
+"""The Scheduler: matches ready work to idle nodes (DESIGN §6), and sweeps lost work.
+
+Each round reads what waits (Pending ranges of Rendering jobs, replicas to build) and which
+nodes may take work, from PostgreSQL, where the job and node actors commit their state; the pure
+``scheduling.match`` pairs them; each pair is offered to the job's actor, which hands the command
+to the node's actor. Rounds run when woken (new work, a node freed) and at least every
+``tick_sec``. It also finds ranges still held by nodes that are Offline (a missed message, a
+daemon restart) and tells their jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+import attrs
+import trio
+
+from flatrender.actors import job
+from flatrender.actors.jobs import JobSystem, JobUnknown
+from flatrender.actors.mailbox import ActorUnavailable
+from flatrender.domain.scheduling import NodeCandidate, WorkItem, match
+from flatrender.persistence.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+
+log = logging.getLogger("flatrender.scheduler")
+_SKIPPABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
+
+PENDING_RANGES = """
+SELECT f.id AS frame_job_id, f.job_id, f.order_value, j.user_id, j.preferred_region,
+       j.priority_queue, j.queued_at, p.ae_version, p.template_md5
+FROM frame_jobs f
+JOIN render_jobs j ON j.id = f.job_id
+JOIN catalog_projects p ON p.saved_project_id = j.saved_project_id
+WHERE f.status = 'Pending' AND j.step = 'Rendering'
+LIMIT 2000
+"""
+REPLICAS_WANTED = """
+SELECT j.id AS job_id, j.user_id, j.preferred_region, j.priority_queue, j.queued_at,
+       p.ae_version, p.template_md5
+FROM render_jobs j JOIN catalog_projects p ON p.saved_project_id = j.saved_project_id
+WHERE j.step = 'Preparing' AND j.replica_node_id IS NULL
+LIMIT 500
+"""
+IDLE_NODES = """
+SELECT id, owner_user_id, region, available_ae_versions, current_ae_version,
+       cached_template_md5s, priority, consecutive_failures
+FROM nodes
+WHERE status = 'Idle' AND is_active AND accepts_new_jobs
+  AND (next_maintenance_at IS NULL OR next_maintenance_at > now())
+"""
+HELD_BY_OFFLINE = """
+SELECT DISTINCT f.job_id, f.node_id FROM frame_jobs f JOIN nodes n ON n.id = f.node_id
+WHERE f.status IN ('Assigned', 'Rendering', 'Rendered') AND n.status = 'Offline'
+"""
+
+
+@attrs.define
+class SchedulerStatistics:
+    rounds: int = 0
+    dispatched: int = 0
+    refused: int = 0
+    waiting: int = 0  # work items left unmatched in the last round
+
+
+class Scheduler:
+    def __init__(self, db: Database, jobs: JobSystem, *, tick_sec: float = 0.5) -> None:
+        self.db = db
+        self.jobs = jobs
+        self.tick_sec = tick_sec
+        self.stats = SchedulerStatistics()
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def work_waiting(self) -> bool:
+        """True while work waits for nodes: idle nodes should heartbeat sooner."""
+        return self.stats.waiting > 0
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started(self)
+        while True:
+            with trio.move_on_after(self.tick_sec):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                await self.round()
+            except _SKIPPABLE as e:
+                log.warning("scheduling round skipped, database unavailable: %s", e)
+
+    async def round(self) -> int:
+        """One matching round; returns how many pieces of work were handed to nodes."""
+        self.stats.rounds += 1
+        await self._sweep_offline()
+        items, replicas = await self._work()
+        nodes = [_candidate(r) for r in await self.db.fetch(IDLE_NODES)]
+        pairs = match(items, nodes)
+        dispatched = 0
+        for item, node in pairs:
+            taken = await self._offer(item, node.node_id, item.frame_job_id in replicas)
+            dispatched += taken
+            self.stats.refused += not taken
+        self.stats.dispatched += dispatched
+        self.stats.waiting = len(items) - dispatched
+        return dispatched
+
+    async def _offer(self, item: WorkItem, node_id: UUID, replica: bool) -> bool:
+        """Offer one pairing to the job's actor; False when the job or the node declined."""
+
+        def make(reply: Any) -> job.AssignRange | job.AssignReplica:
+            if replica:
+                return job.AssignReplica(node_id, reply)
+            return job.AssignRange(item.frame_job_id, node_id, reply)
+
+        try:
+            return bool(await self.jobs.call(item.job_id, make))
+        except (JobUnknown, ActorUnavailable):
+            return False
+
+    async def _work(self) -> tuple[list[WorkItem], set[UUID]]:
+        items = [
+            WorkItem(
+                job_id=r["job_id"],
+                frame_job_id=r["frame_job_id"],
+                owner_user_id=r["user_id"],
+                preferred_region=r["preferred_region"],
+                ae_version=r["ae_version"],
+                template_md5=r["template_md5"],
+                priority_queue=r["priority_queue"],
+                queued_at=r["queued_at"],
+                order_value=r["order_value"],
+            )
+            for r in await self.db.fetch(PENDING_RANGES)
+        ]
+        replicas: set[UUID] = set()
+        for r in await self.db.fetch(REPLICAS_WANTED):
+            # A replica build is one piece of work keyed by its job.
+            replicas.add(r["job_id"])
+            items.append(
+                WorkItem(
+                    job_id=r["job_id"],
+                    frame_job_id=r["job_id"],
+                    owner_user_id=r["user_id"],
+                    preferred_region=r["preferred_region"],
+                    ae_version=r["ae_version"],
+                    template_md5=r["template_md5"],
+                    priority_queue=r["priority_queue"],
+                    queued_at=r["queued_at"],
+                    order_value=-1,
+                )
+            )
+        return items, replicas
+
+    async def _sweep_offline(self) -> None:
+        for r in await self.db.fetch(HELD_BY_OFFLINE):
+            try:
+                await self.jobs.call(
+                    r["job_id"], lambda reply, n=r["node_id"]: job.NodeGone(n, reply)
+                )
+            except (JobUnknown, ActorUnavailable):
+                continue
+
+
+def _candidate(r: Any) -> NodeCandidate:
+    versions = frozenset(r["available_ae_versions"]) | {r["current_ae_version"]}
+    return NodeCandidate(
+        node_id=r["id"],
+        owner_user_id=r["owner_user_id"],
+        region=r["region"],
+        ae_versions=versions,
+        cached_md5s=frozenset(r["cached_template_md5s"]),
+        priority=r["priority"],
+        recent_failures=r["consecutive_failures"],
+    )

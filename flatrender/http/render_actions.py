@@ -1,0 +1,150 @@
+"""Render job actions that go through the job's actor: cancel, retry, progress."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+from uuid import UUID, uuid4
+
+import attrs
+from quart import Blueprint, request
+
+from flatrender.actors import job
+from flatrender.actors.jobs import JobSystem, JobUnknown
+from flatrender.actors.mailbox import ActorUnavailable
+from flatrender.domain import pricing
+from flatrender.http.codec import parse_json, structure
+from flatrender.http.common import state
+from flatrender.http.errors import ApiError, conflict
+from flatrender.http.renders import charge_and_insert, job_json, visible_job
+from flatrender.persistence import jobs
+
+bp = Blueprint("render_actions", __name__)
+
+
+@attrs.frozen
+class CancelIn:
+    reason: str = "cancelled by the user"
+
+
+REFUNDED = """
+SELECT COALESCE(sum(amount_minor), 0) FROM ledger_entries WHERE job_id = $1 AND kind = 'refund'
+"""
+
+
+def job_system() -> JobSystem:
+    actors = state().actors
+    if actors is None:
+        raise ApiError(503, "service_unavailable", "the job system is starting, retry")
+    return actors.jobs
+
+
+async def start(job_id: UUID) -> None:
+    """Hand a just-committed job to its actor (a restart would pick it up all the same)."""
+    actors = state().actors
+    if actors is not None:
+        with contextlib.suppress(ActorUnavailable):
+            await actors.jobs.start_job(job_id)
+
+
+@bp.post("/v1/renders/<job_id>/cancel")
+async def cancel_render(job_id: str) -> dict[str, Any]:
+    """Idempotent: a second cancel answers the same refund and moves no money."""
+    row = await visible_job(job_id)
+    raw = await request.get_data(as_text=False)
+    assert isinstance(raw, bytes)
+    reason = structure(parse_json(raw), CancelIn).reason if raw.strip() else CancelIn().reason
+    if not row.terminal:
+        try:
+            refund = await job_system().call(row.id, lambda r: job.Cancel(reason[:500], r))
+            return {"cancelled": True, "refund_amount_minor": refund}
+        except JobUnknown:
+            pass  # it just ended; answer from its final state
+        except ActorUnavailable:
+            raise ApiError(503, "service_unavailable", "the job is busy, retry") from None
+        row = await visible_job(job_id)
+    if row.step == "Cancelled":
+        refunded = int(await state().db.fetchval(REFUNDED, row.id))
+        return {"cancelled": True, "refund_amount_minor": refunded}
+    raise conflict("job_finished", f"the job is already {row.step}", step=row.step)
+
+
+@bp.post("/v1/renders/<job_id>/retry")
+async def retry_render(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """A Failed job (refunded in full) runs again as a new job, charged like any submit."""
+    old = await visible_job(job_id)
+    if old.step != "Failed":
+        raise conflict("not_failed", f"only a Failed job can be retried; this one is {old.step}")
+    quote = pricing.quote(
+        quality=old.quality,
+        resolution=old.resolution,
+        duration_sec=old.duration_sec,
+        frame_rate=old.frame_rate,
+        price_type=old.price_type,
+        support_flatrender=old.support_flatrender,
+        discount_percent=0.0,  # a discount code is redeemed once, by the first job
+        cfg=state().config.pricing,
+    )
+    new = jobs.NewJob(
+        id=uuid4(),
+        user_id=old.user_id,
+        saved_project_id=old.saved_project_id,
+        project_version=old.project_version,
+        name=old.name,
+        priority_queue=old.priority_queue,
+        price_type=old.price_type,
+        paid_price_minor=quote.total_minor,
+        quality=old.quality,
+        resolution=old.resolution,
+        frame_rate=old.frame_rate,
+        duration_sec=old.duration_sec,
+        has_voiceover=old.has_voiceover,
+        end_frame=old.end_frame,
+        discount_code=None,
+        support_flatrender=old.support_flatrender,
+        tell_me_when_done=old.tell_me_when_done,
+        preferred_region=old.preferred_region,
+        retry_of_job_id=old.id,
+        retry_count=old.retry_count + 1,
+    )
+    row = await charge_and_insert(new, quote)
+    await start(row.id)
+    return job_json(row), 201, {"Location": f"/v1/renders/{row.id}"}
+
+
+PROGRESS = """
+SELECT count(DISTINCT node_id) FILTER (WHERE status IN ('Assigned', 'Rendering')) AS active,
+       max(r.frame_number) AS current_frame,
+       count(r.frame_number) FILTER (WHERE r.received_at > now() - interval '30 seconds') AS recent
+FROM frame_jobs f LEFT JOIN frame_reports r ON r.frame_job_id = f.id
+WHERE f.job_id = $1 AND f.status <> 'Failed'
+"""
+
+
+@bp.get("/v1/renders/<job_id>/progress")
+async def render_progress(job_id: str) -> dict[str, Any]:
+    row = await visible_job(job_id)
+    return await progress_of(row)
+
+
+async def progress_of(row: jobs.JobRow) -> dict[str, Any]:
+    """The RenderProgress the WebSocket would send now (one builder for both)."""
+    stats = await state().db.fetchrow(PROGRESS, row.id)
+    total = row.total_frames
+    done = row.render_progress * total // 100
+    rate = int(stats["recent"]) / 30.0
+    eta = None
+    if not row.terminal and rate > 0:
+        eta = int((total - done) / rate)
+    message = row.failed_message or row.cancel_reason
+    return {
+        "job_id": str(row.id),
+        "step": row.step,
+        "progress": row.render_progress,
+        "current_frame": stats["current_frame"],
+        "total_frames": total,
+        "eta_seconds": eta,
+        "preview_b64": row.image_preview_b64,
+        "active_nodes": int(stats["active"] or 0),
+        "message": message,
+    }

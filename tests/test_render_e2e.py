@@ -1,0 +1,185 @@
+"""A render end to end: real daemon, PostgreSQL, S3 and simulated agents in subprocesses.
+
+Three nodes render one job; one node is killed mid-range and another's AfterFX crashes. The job
+still completes, and the export holds every frame exactly once, in order (issue 4).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from flatrender import media
+from flatrender.config import Config
+from flatrender.daemon import Daemon
+from flatrender.http.auth import mint_token
+from flatrender.storage import MinioStore
+from tests.helpers import bearer
+
+FRAMES = 240
+
+
+def agent(api: str, token: str, prefix: str, log: Path, *extra: str) -> Any:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flatrender.cli",
+            "agent",
+            "--api",
+            api,
+            "--admin-token",
+            token,
+            "--nodes",
+            "1",
+            "--name-prefix",
+            prefix,
+            "--state-file",
+            str(log.with_suffix(".json")),
+            "--frame-time",
+            "0.03",
+            "--ae-restart-delay",
+            "0.1",
+            *extra,
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def poll(http: httpx.AsyncClient, path: str, token: str, done: Any, within: float) -> Any:
+    with trio.fail_after(within):
+        while True:
+            body = (await http.get(path, headers=bearer(token))).json()
+            if done(body):
+                return body
+            await trio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_job_completes_exactly_despite_a_dead_node_and_a_crash(
+    config: Config, tmp_path: Path
+) -> None:
+    config = attrs.evolve(
+        config,
+        http=attrs.evolve(config.http, port=0),
+        nodes=attrs.evolve(config.nodes, heartbeat_interval_sec=1, heartbeat_timeout_sec=3),
+        jobs=attrs.evolve(config.jobs, min_chunk_frames=20, max_chunk_frames=40),
+    )
+    service = config.auth.service_tokens[0]
+    user = uuid4()
+    user_token = mint_token(config.auth.jwt_secret, user)
+    daemon = Daemon(config)
+    procs: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        api = daemon.binds[0]
+        async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+            project = uuid4()
+            spec = {
+                "owner_user_id": str(user),
+                "name": "E2E",
+                "template_md5": "e" * 32,
+                "template_url": "demo://e2e",
+                "ae_version": "2024",
+                "frame_rate": 30,
+                "total_frames": FRAMES,
+                "duration_sec": FRAMES / 30,
+                "scenes": [{"scene_key": "all", "start_frame": 0, "end_frame": FRAMES - 1}],
+            }
+            put = await http.put(
+                f"/v1/catalog/projects/{project}", json=spec, headers=bearer(service)
+            )
+            assert put.status_code == 200
+            credit = await http.post(
+                f"/v1/billing/accounts/{user}/credit",
+                json={"amount_minor": 100_000},
+                headers=bearer(service),
+            )
+            assert credit.status_code == 200
+            try:
+                procs.append(agent(api, service, "steady", tmp_path / "steady.log"))
+                procs.append(
+                    agent(
+                        api,
+                        service,
+                        "crashy",
+                        tmp_path / "crashy.log",
+                        "--crash-rate",
+                        "1",
+                        "--seed",
+                        "7",
+                    )
+                )
+                doomed = agent(api, service, "doomed", tmp_path / "doomed.log")
+                procs.append(doomed)
+                nodes = await poll(
+                    http,
+                    "/v1/nodes",
+                    service,
+                    lambda b: sum(n["status"] == "Idle" for n in b["data"]) == 3,
+                    30,
+                )
+                doomed_id = next(n["id"] for n in nodes["data"] if n["name"] == "doomed-1")
+
+                submit = await http.post(
+                    "/v1/renders",
+                    json={"saved_project_id": str(project), "quality": "High", "resolution": "HD"},
+                    headers=bearer(user_token),
+                )
+                assert submit.status_code == 201, submit.text
+                job = submit.json()
+                path = f"/v1/renders/{job['id']}"
+
+                def doomed_is_rendering(body: dict[str, Any]) -> bool:
+                    return any(
+                        f["node_id"] == doomed_id and f["status"] == "Rendering"
+                        for f in body["frame_jobs"]
+                    )
+
+                await poll(http, path, user_token, doomed_is_rendering, 60)
+                doomed.send_signal(signal.SIGKILL)
+                doomed.wait()
+
+                final = await poll(
+                    http,
+                    path,
+                    user_token,
+                    lambda b: b["step"] in ("Completed", "Failed", "Cancelled"),
+                    120,
+                )
+                assert final["step"] == "Completed", final
+                assert final["export"] is not None
+                assert final["repair_attempts"] >= 1  # the crashy node restarted AE at least once
+                attempts = {f["attempt"] for f in final["frame_jobs"]}
+                assert max(attempts) >= 2  # the dead node's range was rendered again
+
+                store = MinioStore(config.s3)
+                local = tmp_path / "export.mp4"
+                await store.download_file(final["export"]["path"], local)
+                assert media.probe_frame_count(local) == FRAMES
+                assert media.decode_frame_signatures(local) == list(range(FRAMES))
+
+                logs = (await http.get(f"{path}/logs", headers=bearer(user_token))).json()["logs"]
+                text = "\n".join(line["message"] for line in logs)
+                assert "requeued" in text and "crashed" in text
+
+                account = (
+                    await http.get(f"/v1/billing/accounts/{user}", headers=bearer(service))
+                ).json()
+                assert account["balance_minor"] == 100_000 - job["paid_price_minor"]
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+        daemon.stop()
