@@ -89,7 +89,7 @@ class Fleet:
 
     def knows(self, node_id: UUID) -> bool:
         supervisor = self._supervisor
-        return supervisor is not None and str(node_id) in supervisor.statistics().children
+        return supervisor is not None and supervisor.has_child(str(node_id))
 
     async def call(self, node_id: UUID, make: Any, within_sec: float = 5.0) -> Any:
         """Send ``make(reply)`` to the node's actor and return its answer."""

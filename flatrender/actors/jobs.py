@@ -60,7 +60,7 @@ class JobSystem:
         supervisor = self._supervisor
         if supervisor is None:
             raise mailbox.ActorUnavailable("the job system is not running")
-        if str(job_id) not in supervisor.statistics().children:
+        if not supervisor.has_child(str(job_id)):
             await self._start(supervisor, job_id)
 
     async def call(self, job_id: UUID, make: Any, within_sec: float = 10.0) -> Any:
