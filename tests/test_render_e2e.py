@@ -183,3 +183,88 @@ async def test_job_completes_exactly_despite_a_dead_node_and_a_crash(
                         proc.kill()
                         proc.wait()
         daemon.stop()
+
+
+@pytest.mark.slow
+async def test_a_late_idle_node_takes_the_unstarted_tail_of_a_long_range(
+    config: Config, tmp_path: Path
+) -> None:
+    frames = 360
+    config = attrs.evolve(
+        config,
+        http=attrs.evolve(config.http, port=0),
+        nodes=attrs.evolve(config.nodes, heartbeat_interval_sec=1, heartbeat_timeout_sec=3),
+        jobs=attrs.evolve(config.jobs, min_chunk_frames=20, max_chunk_frames=1000),
+    )
+    service = config.auth.service_tokens[0]
+    user = uuid4()
+    user_token = mint_token(config.auth.jwt_secret, user)
+    daemon = Daemon(config)
+    procs: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        api = daemon.binds[0]
+        async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+            project = uuid4()
+            spec = {
+                "owner_user_id": str(user),
+                "name": "Long",
+                "template_md5": "f" * 32,
+                "template_url": "demo://long",
+                "ae_version": "2024",
+                "frame_rate": 30,
+                "total_frames": frames,
+                "duration_sec": frames / 30,
+                "scenes": [{"scene_key": "all", "start_frame": 0, "end_frame": frames - 1}],
+            }
+            await http.put(f"/v1/catalog/projects/{project}", json=spec, headers=bearer(service))
+            await http.post(
+                f"/v1/billing/accounts/{user}/credit",
+                json={"amount_minor": 100_000},
+                headers=bearer(service),
+            )
+            try:
+                procs.append(agent(api, service, "first", tmp_path / "first.log"))
+                await poll(
+                    http,
+                    "/v1/nodes",
+                    service,
+                    lambda b: [n["status"] for n in b["data"]] == ["Idle"],
+                    30,
+                )
+                submit = await http.post(
+                    "/v1/renders",
+                    json={"saved_project_id": str(project), "quality": "Low", "resolution": "HD"},
+                    headers=bearer(user_token),
+                )
+                path = f"/v1/renders/{submit.json()['id']}"
+                await poll(
+                    http,
+                    path,
+                    user_token,
+                    lambda b: any(f["status"] == "Rendering" for f in b["frame_jobs"]),
+                    30,
+                )
+                procs.append(agent(api, service, "late", tmp_path / "late.log"))
+                final = await poll(
+                    http,
+                    path,
+                    user_token,
+                    lambda b: b["step"] in ("Completed", "Failed", "Cancelled"),
+                    90,
+                )
+                assert final["step"] == "Completed", final
+                done = [f for f in final["frame_jobs"] if f["status"] == "Validated"]
+                assert len(done) >= 2  # the tail was rendered by the late node
+                assert len({f["node_id"] for f in done}) == 2
+                assert sum(f["end_frame"] - f["start_frame"] + 1 for f in done) == frames
+                store = MinioStore(config.s3)
+                local = tmp_path / "export.mp4"
+                await store.download_file(final["export"]["path"], local)
+                assert media.decode_frame_signatures(local) == list(range(frames))
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+        daemon.stop()

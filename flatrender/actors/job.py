@@ -11,6 +11,7 @@ Validation and merging run as background tasks of the actor and come back as mes
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from flatrender.domain import job_steps as js
 from flatrender.domain.crash_policy import CrashHistory, decide_crash
 from flatrender.domain.model import CommandType, CrashAction
 from flatrender.domain.pricing import retention_days
-from flatrender.domain.splitting import split
+from flatrender.domain.splitting import split, trim_point
 from flatrender.persistence import exports, job_state, jobs, ledger, nodes
 from flatrender.persistence.db import Connection, Database
 from flatrender.storage import ObjectStore
@@ -109,6 +110,13 @@ class Cancel:
 
 
 @attrs.frozen
+class OfferTail:
+    """An idle node is free: give the unstarted tail of this job's longest range to it."""
+
+    reply: Reply  # -> bool: a tail is now Pending
+
+
+@attrs.frozen
 class Inspect:
     reply: Reply  # -> js.JobState
 
@@ -135,6 +143,7 @@ Message = (
     | CrashReported
     | NodeGone
     | Cancel
+    | OfferTail
     | Inspect
     | _Validated
     | _Merged
@@ -155,6 +164,8 @@ class JobActor:
         self.revision = row.revision
         self.inbox = inbox
         self._merge_scope: trio.CancelScope | None = None
+        # When each range's first frame came in (trio time): its holder's pace, for trims.
+        self._first_frame_at: dict[UUID, float] = {}
 
     @classmethod
     async def run(
@@ -261,6 +272,8 @@ class JobActor:
             case Cancel(reason=reason):
                 decision = await self._apply(js.CancelRequested(reason))
                 answer(message.reply, _refunded(decision))
+            case OfferTail():
+                answer(message.reply, await self._offer_tail())
             case Inspect():
                 answer(message.reply, self.state)
             case _Validated(range_id=range_id, check=check):
@@ -311,6 +324,7 @@ class JobActor:
         decision = js.decide(self.state, event, self._policy())
         if decision.outcome is js.Outcome.UNCHANGED:
             return True  # a repeated report: already recorded
+        self._first_frame_at.setdefault(message.range_id, trio.current_time())
         report = (
             message.range_id,
             message.frame,
@@ -345,6 +359,39 @@ class JobActor:
         decision = await self._apply(js.ReplicaBuilt(message.replica_key, plan), also=record)
         await self._unassign(message.node_id, self.state.job_id, succeeded=True)
         return not decision.fenced
+
+    async def _offer_tail(self) -> bool:
+        cfg = self.deps.config()
+        best: tuple[int, js.RangeState, int] | None = None
+        for r in self.state.current_ranges:
+            if r.status not in (js.RangeStatus.ASSIGNED, js.RangeStatus.RENDERING) or r.trim:
+                continue
+            next_frame = max(r.reported_frames) + 1 if r.reported_frames else r.start_frame
+            new_end = trim_point(
+                r.start_frame,
+                r.end_frame,
+                next_frame,
+                min_tail=max(cfg.jobs.trim_min_tail_frames, cfg.jobs.min_chunk_frames),
+                margin=max(cfg.jobs.trim_margin_frames, self._frames_until_heard(r)),
+            )
+            if new_end is not None and (best is None or r.end_frame - new_end > best[0]):
+                best = (r.end_frame - new_end, r, new_end)
+        if best is None:
+            return False
+        _, r, new_end = best
+        decision = js.decide(self.state, js.TrimmedTail(r.id, new_end, uuid4()), self._policy())
+        if decision.outcome is not js.Outcome.APPLIED:
+            return False
+        await self._commit(decision)
+        return True
+
+    def _frames_until_heard(self, r: js.RangeState) -> int:
+        """Frames the holder renders before a trim reaches it: its pace over two heartbeats."""
+        started = self._first_frame_at.get(r.id)
+        if started is None or len(r.reported_frames) < 2:
+            return 0
+        pace = len(r.reported_frames) / max(trio.current_time() - started, 1e-3)
+        return math.ceil(pace * self.deps.config().nodes.heartbeat_interval_sec * 2)
 
     async def _crash(self, report: nodes.CrashReport) -> CrashAnswer | None:
         r = self.state.range(report.frame_job_id) if report.frame_job_id else None

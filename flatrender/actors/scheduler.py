@@ -11,6 +11,7 @@ daemon restart) and tells their jobs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +21,7 @@ import trio
 from flatrender.actors import job
 from flatrender.actors.jobs import JobSystem, JobUnknown
 from flatrender.actors.mailbox import ActorUnavailable
+from flatrender.config import Config
 from flatrender.domain.scheduling import NodeCandidate, WorkItem, match
 from flatrender.persistence.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 
@@ -49,6 +51,13 @@ FROM nodes
 WHERE status = 'Idle' AND is_active AND accepts_new_jobs
   AND (next_maintenance_at IS NULL OR next_maintenance_at > now())
 """
+TRIMMABLE = """
+SELECT f.job_id, max(f.end_frame - f.start_frame + 1 - f.frames_rendered) AS left_to_do
+FROM frame_jobs f JOIN render_jobs j ON j.id = f.job_id
+WHERE j.step = 'Rendering' AND f.status IN ('Assigned', 'Rendering') AND f.trim_tail_id IS NULL
+  AND f.end_frame - f.start_frame + 1 - f.frames_rendered >= $1
+GROUP BY f.job_id ORDER BY left_to_do DESC LIMIT $2
+"""
 HELD_BY_OFFLINE = """
 SELECT DISTINCT f.job_id, f.node_id FROM frame_jobs f JOIN nodes n ON n.id = f.node_id
 WHERE f.status IN ('Assigned', 'Rendering', 'Rendered') AND n.status = 'Offline'
@@ -61,12 +70,21 @@ class SchedulerStatistics:
     dispatched: int = 0
     refused: int = 0
     waiting: int = 0  # work items left unmatched in the last round
+    trimmed: int = 0  # tails split off long ranges for late idle nodes
 
 
 class Scheduler:
-    def __init__(self, db: Database, jobs: JobSystem, *, tick_sec: float = 0.5) -> None:
+    def __init__(
+        self,
+        db: Database,
+        jobs: JobSystem,
+        config: Callable[[], Config],
+        *,
+        tick_sec: float = 0.5,
+    ) -> None:
         self.db = db
         self.jobs = jobs
+        self.config = config
         self.tick_sec = tick_sec
         self.stats = SchedulerStatistics()
         self._wake = trio.Event()
@@ -105,7 +123,24 @@ class Scheduler:
             self.stats.refused += not taken
         self.stats.dispatched += dispatched
         self.stats.waiting = len(items) - dispatched
+        idle_left = len(nodes) - len(pairs)
+        if idle_left > 0 and self.stats.waiting == 0 and await self._offer_tails(idle_left):
+            self.wake()  # the tails are Pending now: the next round hands them out
         return dispatched
+
+    async def _offer_tails(self, idle_nodes: int) -> int:
+        """Late idle nodes take the unstarted tails of long ranges (DESIGN §6): a TrimRange to
+        the holder, the tail queued. Returns how many tails were split off."""
+        jobs_cfg = self.config().jobs
+        smallest = 2 * max(jobs_cfg.trim_min_tail_frames, jobs_cfg.min_chunk_frames)
+        trimmed = 0
+        for r in await self.db.fetch(TRIMMABLE, smallest, idle_nodes):
+            try:
+                trimmed += bool(await self.jobs.call(r["job_id"], job.OfferTail))
+            except (JobUnknown, ActorUnavailable):
+                continue
+        self.stats.trimmed += trimmed
+        return trimmed
 
     async def _offer(self, item: WorkItem, node_id: UUID, replica: bool) -> bool:
         """Offer one pairing to the job's actor; False when the job or the node declined."""

@@ -84,7 +84,7 @@ class ActorSystem:
                 wake_scheduler=lambda: self.scheduler.wake(),
             )
         )
-        self.scheduler = Scheduler(db, self.jobs)
+        self.scheduler = Scheduler(db, self.jobs, config)
         self.rollout = RolloutActor(db, self.fleet, store, config, clock)
         self.reaper = Reaper(
             health_tasks(db, config().nodes.health_retention_days), now=clock, interval_sec=60.0

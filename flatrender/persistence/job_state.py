@@ -25,6 +25,13 @@ REPORTED = (
 )
 
 
+REPLICA_NODE = "SELECT replica_node_id FROM render_jobs WHERE id = $1"
+TRIMS = """
+SELECT id, trim_original_end, trim_tail_id FROM frame_jobs
+WHERE job_id = $1 AND trim_tail_id IS NOT NULL
+"""
+
+
 async def load(db: Database | Connection, job_id: UUID) -> tuple[jobs.JobRow, js.JobState] | None:
     row = await jobs.get_job(db, job_id)
     if row is None:
@@ -33,9 +40,11 @@ async def load(db: Database | Connection, job_id: UUID) -> tuple[jobs.JobRow, js
     reported: dict[UUID, set[int]] = defaultdict(set)
     for r in await db.fetch(REPORTED, [f.id for f in ranges]):
         reported[r["frame_job_id"]].add(r["frame_number"])
-    replica_node = await db.fetchval(
-        "SELECT replica_node_id FROM render_jobs WHERE id = $1", job_id
-    )
+    replica_node = await db.fetchval(REPLICA_NODE, job_id)
+    trims = {
+        r["id"]: js.Trim(r["trim_original_end"], r["trim_tail_id"])
+        for r in await db.fetch(TRIMS, job_id)
+    }
     state = js.JobState(
         job_id=row.id,
         start_frame=row.start_frame,
@@ -53,6 +62,7 @@ async def load(db: Database | Connection, job_id: UUID) -> tuple[jobs.JobRow, js
                 reported_frames=frozenset(reported[f.id]),
                 last_error=f.last_error,
                 replaces_id=f.replaces_id,
+                trim=trims.get(f.id),
             )
             for f in ranges
         ),
@@ -79,12 +89,13 @@ RETURNING revision
 UPSERT_RANGE = """
 INSERT INTO frame_jobs (id, job_id, node_id, start_frame, end_frame, order_value, status,
     frames_rendered, frames_validated, attempt, last_error, output_key, replaces_id, assigned_at,
-    rendered_at, validated_at)
+    rendered_at, validated_at, trim_original_end, trim_tail_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
     CASE WHEN $7 = 'Assigned' THEN $14::timestamptz END,
     CASE WHEN $7 = 'Rendered' THEN $14::timestamptz END,
-    CASE WHEN $7 = 'Validated' THEN $14::timestamptz END)
+    CASE WHEN $7 = 'Validated' THEN $14::timestamptz END, $15, $16)
 ON CONFLICT (id) DO UPDATE SET node_id = EXCLUDED.node_id, end_frame = EXCLUDED.end_frame,
+    trim_original_end = EXCLUDED.trim_original_end, trim_tail_id = EXCLUDED.trim_tail_id,
     status = EXCLUDED.status, frames_rendered = EXCLUDED.frames_rendered,
     frames_validated = EXCLUDED.frames_validated, last_error = EXCLUDED.last_error,
     assigned_at = COALESCE(EXCLUDED.assigned_at, frame_jobs.assigned_at),
@@ -157,6 +168,8 @@ async def save(
             output_key(new.job_id, r.id, output_format),
             r.replaces_id,
             now,
+            None if r.trim is None else r.trim.original_end,
+            None if r.trim is None else r.trim.tail_id,
         )
     if report is not None:
         await conn.execute(INSERT_REPORT, *report)
