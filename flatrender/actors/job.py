@@ -241,7 +241,7 @@ class JobActor:
     # ------------------------------------------------------------------ the loop
 
     async def _serve(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
-        async with inbox:
+        try:
             while not self.state.terminal:
                 message = await inbox.receive()
                 try:
@@ -250,8 +250,41 @@ class JobActor:
                     if message.reply is not None:
                         fail(message.reply)
                     raise
-        await self._release_all_nodes()
+            await self._release_all_nodes()
+        finally:
+            # Messages that queued behind the last one would otherwise be dropped unanswered
+            # and their callers wait out their timeout. No checkpoint between the last look and
+            # the close: a later sender finds the inbox closed at once.
+            self._answer_waiting(inbox)
+            inbox.close()
         log.info("job %s is %s", self.state.job_id, self.state.step.value)
+
+    def _answer_waiting(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        """Answer what waits in the inbox without I/O: a terminal job refuses node reports and
+        work (409 ``stale_assignment``, an offer declined); anything else (a cancel, or every
+        message when the actor is crashing) fails, so the caller looks at the committed state."""
+        while True:
+            try:
+                message = inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            reply = message.reply
+            if reply is None:
+                continue  # a background result (validation, merge): moot now
+            if not self.state.terminal:
+                fail(reply)
+                continue
+            match message:
+                case AssignRange() | AssignReplica() | ReportFrame() | ReplicaReady():
+                    answer(reply, False)
+                case OfferTail():
+                    answer(reply, False)
+                case CrashReported() | NodeGone():
+                    answer(reply, None)
+                case Inspect():
+                    answer(reply, self.state)
+                case _:
+                    fail(reply)
 
     async def _dispatch(self, message: Message) -> None:
         match message:

@@ -270,6 +270,9 @@ class ReplicaReadyIn:
 
 JOB_EXISTS = "SELECT 1 FROM render_jobs WHERE id = $1"
 FRAME_JOB_OF_JOB = "SELECT 1 FROM frame_jobs WHERE id = $1 AND job_id = $2"
+JOB_ENDED = (
+    "SELECT 1 FROM render_jobs WHERE id = $1 AND step IN ('Completed', 'Failed', 'Cancelled')"
+)
 
 
 async def existing_job(job_id: str, frame_job_id: UUID | None = None) -> UUID:
@@ -299,6 +302,9 @@ async def call_job(job_id: UUID, make: Any) -> Any:
     except JobUnknown:
         raise stale() from None
     except ActorUnavailable:
+        # An actor that just ended its job closes its inbox before it is gone.
+        if await state().db.fetchval(JOB_ENDED, job_id):
+            raise stale() from None
         raise ApiError(503, "service_unavailable", "the job's actor is busy, retry") from None
 
 

@@ -58,15 +58,18 @@ async def cancel_render(job_id: str) -> dict[str, Any]:
         try:
             refund = await job_system().call(row.id, lambda r: job.Cancel(reason[:500], r))
             return {"cancelled": True, "refund_amount_minor": refund}
-        except JobUnknown:
-            pass  # it just ended; answer from its final state
-        except ActorUnavailable:
-            raise ApiError(503, "service_unavailable", "the job is busy, retry") from None
+        except (JobUnknown, ActorUnavailable):
+            pass  # it may just have ended (the cancel waited in its inbox): look again
         row = await visible_job(job_id)
+        if not row.terminal:
+            raise ApiError(503, "service_unavailable", "the job is busy, retry")
     if row.step == "Cancelled":
         refunded = int(await state().db.fetchval(REFUNDED, row.id))
         return {"cancelled": True, "refund_amount_minor": refunded}
     raise conflict("job_finished", f"the job is already {row.step}", step=row.step)
+
+
+RETRIED_BY = "SELECT id FROM render_jobs WHERE retry_of_job_id = $1 LIMIT 1"
 
 
 @bp.post("/v1/renders/<job_id>/retry")
@@ -75,6 +78,10 @@ async def retry_render(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]
     old = await visible_job(job_id)
     if old.step != "Failed":
         raise conflict("not_failed", f"only a Failed job can be retried; this one is {old.step}")
+    # A second retry (a double click) would charge a second render of the same failure.
+    retried = await state().db.fetchval(RETRIED_BY, old.id)
+    if retried is not None:
+        raise conflict("already_retried", "this job was already retried", retry_job_id=str(retried))
     quote = pricing.quote(
         quality=old.quality,
         resolution=old.resolution,

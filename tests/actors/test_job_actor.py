@@ -1,0 +1,188 @@
+"""JobActor edges the end-to-end tests only brush against: messages that wait in the inbox when
+the job ends (or the actor crashes) are answered at once, never left to their caller's timeout."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+import trio
+
+from flatrender.actors import job
+from flatrender.actors.system import ActorSystem
+from flatrender.domain import job_steps as js
+from flatrender.domain.catalog import ProjectSpec, Scene
+from flatrender.persistence import catalog, jobs, ledger
+from flatrender.persistence.db import Database
+from flatrender.persistence.job_state import ConcurrentUpdate
+from tests.helpers import Tokens, bearer
+
+PRICE = 90
+FRAMES = 240
+
+
+async def rendering_job(db: Database, user_id: UUID) -> UUID:
+    """A charged job whose replica exists: its actor plans Pending ranges and waits for nodes."""
+    project_id = uuid4()
+    project = await catalog.upsert(
+        db,
+        project_id,
+        ProjectSpec(
+            owner_user_id=user_id,
+            name="Promo",
+            template_md5="a" * 32,
+            template_url="demo://promo",
+            ae_version="2024",
+            frame_rate=30,
+            total_frames=FRAMES,
+            duration_sec=FRAMES / 30,
+            scenes=[Scene("main", 0, FRAMES - 1)],
+        ),
+    )
+    await db.execute(
+        "INSERT INTO replicas (saved_project_id, project_version, storage_key) VALUES ($1, $2, $3)",
+        project_id,
+        project.version,
+        f"replicas/{project_id}/{project.version}.aep",
+    )
+    await ledger.credit(db, user_id, 1_000)
+    new = jobs.NewJob(
+        id=uuid4(),
+        user_id=user_id,
+        saved_project_id=project_id,
+        project_version=project.version,
+        name="Promo",
+        priority_queue="Cash",
+        price_type="Cash",
+        paid_price_minor=PRICE,
+        quality="High",
+        resolution="HD",
+        frame_rate=30,
+        duration_sec=FRAMES / 30,
+        has_voiceover=False,
+        end_frame=FRAMES - 1,
+        discount_code=None,
+        support_flatrender=False,
+        tell_me_when_done=False,
+        preferred_region=None,
+    )
+    async with db.transaction() as conn:
+        await ledger.lock_account(conn, user_id)
+        row = await jobs.insert_job(conn, new)
+        await ledger.append(conn, user_id, "charge", -PRICE, job_id=row.id)
+    return row.id
+
+
+async def start_actor(
+    nursery: trio.Nursery, system: ActorSystem, job_id: UUID
+) -> trio.MemorySendChannel[Any]:
+    """The job's actor, run here rather than under the job system so the test owns its inbox."""
+
+    async def run(*, task_status: trio.TaskStatus[trio.MemorySendChannel[Any]]) -> None:
+        try:
+            await job.JobActor.run(system.jobs.deps, job_id, task_status=task_status)
+        except* ConcurrentUpdate:
+            pass  # the crash the test provoked
+
+    inbox: trio.MemorySendChannel[Any] = await nursery.start(run)
+    return inbox
+
+
+def queue(inbox: trio.MemorySendChannel[Any], make: Any) -> trio.MemoryReceiveChannel[Any]:
+    """Put a message in the inbox now (no checkpoint: messages queue in this order). Its reply
+    goes to a one-item channel, which the actor uses like any reply (``answer``/``fail``)."""
+    send: Any
+    send, receive = trio.open_memory_channel[Any](1)
+    inbox.send_nowait(make(send))
+    return receive
+
+
+async def answer_of(receive: trio.MemoryReceiveChannel[Any]) -> Any:
+    """The answer, or EndOfChannel when the actor failed the request; hanging is a failure."""
+    with trio.fail_after(2):
+        return await receive.receive()
+
+
+async def inspect(inbox: trio.MemorySendChannel[Any]) -> js.JobState:
+    state: js.JobState = await answer_of(queue(inbox, job.Inspect))
+    return state
+
+
+async def test_messages_queued_behind_a_cancel_are_answered_when_the_job_ends(
+    db: Database, actor_system: ActorSystem, nursery: trio.Nursery, tokens: Tokens
+) -> None:
+    job_id = await rendering_job(db, tokens.user_id)
+    inbox = await start_actor(nursery, actor_system, job_id)
+    state = await inspect(inbox)
+    assert state.step is js.JobStep.RENDERING
+    pending = state.ranges[0]
+    node_id = uuid4()
+
+    cancel = queue(inbox, lambda r: job.Cancel("changed my mind", r))
+    report = queue(inbox, lambda r: job.ReportFrame(node_id, pending.id, 0, 1, None, r))
+    assign = queue(inbox, lambda r: job.AssignRange(pending.id, node_id, r))
+    tail = queue(inbox, job.OfferTail)
+    looked = queue(inbox, job.Inspect)
+    again = queue(inbox, lambda r: job.Cancel("really", r))
+
+    assert await answer_of(cancel) == PRICE  # nothing validated: a full refund
+    assert await answer_of(report) is False  # 409 stale_assignment
+    assert await answer_of(assign) is False  # the scheduler moves on
+    assert await answer_of(tail) is False
+    assert (await answer_of(looked)).step is js.JobStep.CANCELLED
+    with pytest.raises(trio.EndOfChannel):  # the HTTP layer answers from the committed state
+        await answer_of(again)
+    with trio.fail_after(2):
+        while True:  # then the inbox is closed: later senders learn at once
+            try:
+                queue(inbox, job.Inspect)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            await trio.sleep(0.01)
+    refunds = await db.fetch(
+        "SELECT amount_minor FROM ledger_entries WHERE job_id = $1 AND kind = 'refund'", job_id
+    )
+    assert [r["amount_minor"] for r in refunds] == [PRICE]
+
+
+async def test_messages_queued_behind_a_crash_fail_at_once(
+    db: Database, actor_system: ActorSystem, nursery: trio.Nursery, tokens: Tokens
+) -> None:
+    job_id = await rendering_job(db, tokens.user_id)
+    inbox = await start_actor(nursery, actor_system, job_id)
+    await inspect(inbox)
+    # Another writer moved the row on: the actor's next commit fails and the actor crashes.
+    await db.execute("UPDATE render_jobs SET revision = revision + 10 WHERE id = $1", job_id)
+
+    cancel = queue(inbox, lambda r: job.Cancel("changed my mind", r))
+    looked = queue(inbox, job.Inspect)
+
+    with pytest.raises(trio.EndOfChannel):
+        await answer_of(cancel)
+    with pytest.raises(trio.EndOfChannel):  # not its caller's 10 s timeout
+        await answer_of(looked)
+
+
+async def test_concurrent_cancels_answer_the_same_refund_and_refund_once(
+    client: Any, db: Database, actor_system: ActorSystem, tokens: Tokens
+) -> None:
+    job_id = await rendering_job(db, tokens.user_id)
+    await actor_system.jobs.start_job(job_id)
+    answers: list[Any] = []
+
+    async def cancel() -> None:
+        response = await client.post(
+            f"/v1/renders/{job_id}/cancel", json={}, headers=bearer(tokens.user)
+        )
+        answers.append((response.status_code, await response.get_json()))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(cancel)
+    assert answers == [(200, {"cancelled": True, "refund_amount_minor": PRICE})] * 3
+    refunds = await db.fetch(
+        "SELECT amount_minor FROM ledger_entries WHERE job_id = $1 AND kind = 'refund'", job_id
+    )
+    assert [r["amount_minor"] for r in refunds] == [PRICE]
