@@ -6,6 +6,7 @@ import contextlib
 from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import attrs
 from quart import Blueprint, request
 
@@ -114,7 +115,14 @@ async def retry_render(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]
         retry_of_job_id=old.id,
         retry_count=old.retry_count + 1,
     )
-    row = await charge_and_insert(new, quote)
+    try:
+        row = await charge_and_insert(new, quote)
+    except asyncpg.UniqueViolationError:
+        # Lost a race with a simultaneous retry of the same job; nothing was written.
+        retried = await state().db.fetchval(RETRIED_BY, old.id)
+        raise conflict(
+            "already_retried", "this job was already retried", retry_job_id=str(retried)
+        ) from None
     await start(row.id)
     return job_json(row), 201, {"Location": f"/v1/renders/{row.id}"}
 
