@@ -8,10 +8,7 @@ tests in tests/actors/test_node_actor.py pin the deadline itself.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import attrs
 import httpx
@@ -20,34 +17,10 @@ import trio
 
 from flatrender.config import Config
 from flatrender.daemon import Daemon
+from tests.e2e import agent, stop
 from tests.helpers import bearer
 
 TIMEOUT_SEC = 3
-
-
-def agent(api: str, token: str, prefix: str, nodes: int, state_file: Path, log: Path) -> Any:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flatrender.cli",
-            "agent",
-            "--api",
-            api,
-            "--admin-token",
-            token,
-            "--nodes",
-            str(nodes),
-            "--name-prefix",
-            prefix,
-            "--state-file",
-            str(state_file),
-            "--frame-time",
-            "0.01",
-        ],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 async def statuses(http: httpx.AsyncClient, token: str) -> dict[str, str]:
@@ -83,8 +56,8 @@ async def test_agents_go_idle_and_a_killed_one_is_offline_within_timeout_plus_on
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
         api = daemon.binds[0]
-        steady = agent(api, token, "steady", 2, tmp_path / "steady.json", tmp_path / "a.log")
-        doomed = agent(api, token, "doomed", 1, tmp_path / "doomed.json", tmp_path / "b.log")
+        steady = agent(api, token, "steady", tmp_path / "steady.log", nodes=2)
+        doomed = agent(api, token, "doomed", tmp_path / "doomed.log")
         try:
             async with httpx.AsyncClient(base_url=api) as http:
                 everyone = {"steady-1": "Idle", "steady-2": "Idle", "doomed-1": "Idle"}
@@ -96,8 +69,5 @@ async def test_agents_go_idle_and_a_killed_one_is_offline_within_timeout_plus_on
                 seen = await statuses(http, token)
                 assert seen["steady-1"] == seen["steady-2"] == "Idle"
         finally:
-            for proc in (steady, doomed):
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            stop([steady, doomed])
         daemon.stop()

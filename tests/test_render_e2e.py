@@ -7,8 +7,6 @@ still completes, and the export holds every frame exactly once, in order (issue 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -23,46 +21,10 @@ from flatrender.config import Config
 from flatrender.daemon import Daemon
 from flatrender.http.auth import mint_token
 from flatrender.storage import MinioStore
+from tests.e2e import agent, poll, seed_project, stop
 from tests.helpers import bearer
 
 FRAMES = 240
-
-
-def agent(api: str, token: str, prefix: str, log: Path, *extra: str) -> Any:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flatrender.cli",
-            "agent",
-            "--api",
-            api,
-            "--admin-token",
-            token,
-            "--nodes",
-            "1",
-            "--name-prefix",
-            prefix,
-            "--state-file",
-            str(log.with_suffix(".json")),
-            "--frame-time",
-            "0.03",
-            "--ae-restart-delay",
-            "0.1",
-            *extra,
-        ],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-async def poll(http: httpx.AsyncClient, path: str, token: str, done: Any, within: float) -> Any:
-    with trio.fail_after(within):
-        while True:
-            body = (await http.get(path, headers=bearer(token))).json()
-            if done(body):
-                return body
-            await trio.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -84,28 +46,7 @@ async def test_job_completes_exactly_despite_a_dead_node_and_a_crash(
         await nursery.start(daemon.run)
         api = daemon.binds[0]
         async with httpx.AsyncClient(base_url=api, timeout=10) as http:
-            project = uuid4()
-            spec = {
-                "owner_user_id": str(user),
-                "name": "E2E",
-                "template_md5": "e" * 32,
-                "template_url": "demo://e2e",
-                "ae_version": "2024",
-                "frame_rate": 30,
-                "total_frames": FRAMES,
-                "duration_sec": FRAMES / 30,
-                "scenes": [{"scene_key": "all", "start_frame": 0, "end_frame": FRAMES - 1}],
-            }
-            put = await http.put(
-                f"/v1/catalog/projects/{project}", json=spec, headers=bearer(service)
-            )
-            assert put.status_code == 200
-            credit = await http.post(
-                f"/v1/billing/accounts/{user}/credit",
-                json={"amount_minor": 100_000},
-                headers=bearer(service),
-            )
-            assert credit.status_code == 200
+            project = await seed_project(http, service, user, FRAMES)
             try:
                 procs.append(agent(api, service, "steady", tmp_path / "steady.log"))
                 procs.append(
@@ -178,10 +119,7 @@ async def test_job_completes_exactly_despite_a_dead_node_and_a_crash(
                 ).json()
                 assert account["balance_minor"] == 100_000 - job["paid_price_minor"]
             finally:
-                for proc in procs:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
+                stop(procs)
         daemon.stop()
 
 
@@ -205,24 +143,7 @@ async def test_a_late_idle_node_takes_the_unstarted_tail_of_a_long_range(
         await nursery.start(daemon.run)
         api = daemon.binds[0]
         async with httpx.AsyncClient(base_url=api, timeout=10) as http:
-            project = uuid4()
-            spec = {
-                "owner_user_id": str(user),
-                "name": "Long",
-                "template_md5": "f" * 32,
-                "template_url": "demo://long",
-                "ae_version": "2024",
-                "frame_rate": 30,
-                "total_frames": frames,
-                "duration_sec": frames / 30,
-                "scenes": [{"scene_key": "all", "start_frame": 0, "end_frame": frames - 1}],
-            }
-            await http.put(f"/v1/catalog/projects/{project}", json=spec, headers=bearer(service))
-            await http.post(
-                f"/v1/billing/accounts/{user}/credit",
-                json={"amount_minor": 100_000},
-                headers=bearer(service),
-            )
+            project = await seed_project(http, service, user, frames)
             try:
                 procs.append(agent(api, service, "first", tmp_path / "first.log"))
                 await poll(
@@ -263,8 +184,5 @@ async def test_a_late_idle_node_takes_the_unstarted_tail_of_a_long_range(
                 await store.download_file(final["export"]["path"], local)
                 assert media.decode_frame_signatures(local) == list(range(frames))
             finally:
-                for proc in procs:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
+                stop(procs)
         daemon.stop()
