@@ -1,44 +1,111 @@
-"""Request/reply over trio memory channels: a message carries a one-shot reply channel.
+"""Request/reply over trio memory channels: a message carries a one-shot reply slot.
 
-The caller owns the receive end and waits with a timeout; the actor answers with
-:func:`answer` or, when handling failed, :func:`fail` (which closes the reply channel so the caller
-learns at once instead of waiting out its timeout).
+The caller owns the slot and waits with a timeout; the actor answers with :func:`answer` or, when
+handling failed, :func:`fail` (which closes the slot so the caller learns at once instead of
+waiting out its timeout).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
-
-T = TypeVar("T")
-
-Reply = trio.MemorySendChannel[Any]
 
 
 class ActorUnavailable(Exception):
     """The actor did not answer: it is restarting, stopped, or overloaded."""
 
 
+_CLOSED: Any = object()  # the slot was closed without an answer: the actor failed
+
+
+class Reply:
+    """A one-shot reply slot, the cheap stand-in for a one-item memory channel per call.
+
+    It keeps that channel's send side: ``send_nowait`` delivers the one answer (WouldBlock for a
+    second one, BrokenResourceError when the caller stopped waiting, ClosedResourceError after
+    ``close``), and ``close`` without an answer tells the waiting caller the actor failed.
+    """
+
+    __slots__ = ("_done", "_value", "_task", "_closed", "_abandoned")
+
+    def __init__(self) -> None:
+        self._done = False  # answered, or closed unanswered (then _value is _CLOSED)
+        self._value: Any = None
+        self._task: trio.lowlevel.Task | None = None
+        self._closed = False
+        self._abandoned = False
+
+    def send_nowait(self, value: Any) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError
+        if self._abandoned:
+            raise trio.BrokenResourceError
+        if self._done:
+            raise trio.WouldBlock
+        self._deliver(value)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._done and not self._abandoned:
+            self._deliver(_CLOSED)
+
+    def _deliver(self, value: Any) -> None:
+        self._done = True
+        self._value = value
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def _receive(self) -> Any:
+        """The answer (or EndOfChannel); a checkpoint, like a channel's ``receive``."""
+        if self._done:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            self._task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self._task = None
+                self._abandoned = True
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        if self._value is _CLOSED:
+            raise trio.EndOfChannel
+        return self._value
+
+    def _abandon(self) -> None:
+        self._abandoned = True
+
+
 async def call(
     inbox: trio.MemorySendChannel[Any], make: Callable[[Reply], Any], within_sec: float = 5.0
 ) -> Any:
     """Send ``make(reply)`` to ``inbox`` and wait for the answer."""
-    reply_send, reply_recv = trio.open_memory_channel[Any](1)
-    with reply_recv:
-        try:
-            with trio.fail_after(within_sec):
-                await inbox.send(make(reply_send))
-                result = await reply_recv.receive()
-        except (
-            trio.TooSlowError,
-            trio.EndOfChannel,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-        ):
-            raise ActorUnavailable("the actor did not answer") from None
+    reply = Reply()
+    try:
+        with trio.CancelScope(deadline=trio.current_time() + within_sec) as scope:
+            message = make(reply)
+            # A free inbox slot takes the message without a schedule point of its own: the wait
+            # for the answer below is the call's checkpoint. A cancelled caller still sends
+            # nothing, as with a plain ``await inbox.send``.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                inbox.send_nowait(message)
+            except trio.WouldBlock:
+                await inbox.send(message)
+            result = await reply._receive()
+    except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+        raise ActorUnavailable("the actor did not answer") from None
+    finally:
+        reply._abandon()  # an answer that comes later is dropped, as on a closed channel
+    if scope.cancelled_caught:
+        raise ActorUnavailable("the actor did not answer")
     if isinstance(result, BaseException):
         raise result
     return result

@@ -284,7 +284,10 @@ class NodeActor:
         sample = message.sample
         busy = sample.current_job_id is not None or bool(self.assigned)
         await self._apply(ns.Heartbeat(self.deps.clock(), busy=busy))
-        self.last_sample = attrs.evolve(sample, status=self.state.status.value)
+        status = self.state.status.value
+        if sample.status != status:
+            sample = attrs.evolve(sample, status=status)
+        self.last_sample = sample
         self.deps.samples.submit(self.last_sample)
         waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting()
         interval = ns.heartbeat_interval(self.state, work_waiting=waiting, policy=policy)
@@ -386,7 +389,14 @@ class NodeActor:
     ) -> None:
         """Decide, commit (with ``also`` in the same transaction), then act on the effects."""
         decision = ns.decide(self.state, event, self.deps.policy())
-        if _persisted(decision.state) != _persisted(self.state) or also is not None or force:
+        if (
+            also is not None
+            or force
+            or (
+                decision.state is not self.state
+                and _persisted(decision.state) != _persisted(self.state)
+            )
+        ):
             async with self.deps.db.transaction() as conn:
                 if also is not None:
                     await also(conn)

@@ -214,9 +214,14 @@ def _heartbeat(state: NodeState, now: datetime, busy: bool, policy: NodePolicy) 
         return Decision(
             attrs.evolve(back, status=resting_status(back, now, False, policy)), effects
         )
-    new = attrs.evolve(state, busy=busy)
     if state.status in (S.IDLE, S.BUSY):
-        return Decision(attrs.evolve(new, status=resting_status(new, now, busy, policy)))
+        # resting_status does not read `busy` from the state: the common heartbeat that changes
+        # nothing keeps the very same state object (no copy).
+        status = resting_status(state, now, busy, policy)
+        if status is state.status and busy == state.busy:
+            return Decision(state)
+        return Decision(attrs.evolve(state, busy=busy, status=status))
+    new = attrs.evolve(state, busy=busy)
     if state.status is S.MAINTENANCE and not state.maintenance_due(now):
         return Decision(attrs.evolve(new, status=resting_status(new, now, busy, policy)))
     return Decision(new)

@@ -6,6 +6,7 @@ header  = "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, '<t>.<METHOD>.<path>.<sh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from uuid import UUID
@@ -13,6 +14,9 @@ from uuid import UUID
 HEADER = "X-Node-Signature"
 
 
+# A pure function asked on every signed request: remembered for a fleet's worth of nodes (a
+# changed master key is another key of the cache, so a SIGHUP reload takes effect at once).
+@functools.lru_cache(maxsize=16_384)
 def node_secret(node_master_key: str, node_id: UUID) -> str:
     return hmac.new(node_master_key.encode(), str(node_id).encode(), hashlib.sha256).hexdigest()
 
