@@ -44,6 +44,7 @@ class Fleet:
     def __init__(self, deps: node.NodeDeps) -> None:
         self.deps = deps
         self._supervisor: Supervisor | None = None
+        self._loaded = 0
 
     async def run(self, *, task_status: trio.TaskStatus[Fleet] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every node's actor, then publish self; a fresh supervisor per incarnation."""
@@ -51,6 +52,7 @@ class Fleet:
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             rows, commands, assigned = await self._load_all(self.deps.db)
+            self._loaded = len(rows)
             for row in rows:
                 preloaded = (row, commands[row.id], assigned[row.id])
                 await supervisor.start_child(self._spec(row.id, preloaded))
@@ -86,6 +88,12 @@ class Fleet:
             await node.NodeActor.run(self.deps, node_id, loaded, task_status=task_status)
 
         return ChildSpec(id=str(node_id), factory=factory, restart=Restart.PERMANENT)
+
+    def size(self) -> int:
+        """Registered nodes (known from the start-up load on, before every actor runs)."""
+        supervisor = self._supervisor
+        running = 0 if supervisor is None else supervisor.child_count()
+        return max(running, self._loaded)
 
     def knows(self, node_id: UUID) -> bool:
         supervisor = self._supervisor

@@ -45,6 +45,7 @@ class NodeDeps:
     on_lost: Callable[[UUID, str], Awaitable[None]]
     # The scheduler: whether work waits for nodes, and a nudge when a node becomes Idle.
     work_waiting: Callable[[], bool] = lambda: False
+    fleet_size: Callable[[], int] = lambda: 1
     node_idle: Callable[[], None] = lambda: None
 
 
@@ -201,7 +202,12 @@ class NodeActor:
             node_id, deps, row.state, list(commands), tuple(row.cached_template_md5s), set(assigned)
         )
         if row.status is not ns.S.OFFLINE:
-            actor.deadline = trio.current_time() + deps.policy().heartbeat_timeout_sec
+            # A fresh deadline, as long as the interval this fleet's size makes nodes use.
+            policy = deps.policy()
+            interval = ns.shed_interval(
+                policy.heartbeat_interval_sec, deps.fleet_size(), policy.max_heartbeats_per_sec
+            )
+            actor.deadline = trio.current_time() + ns.heartbeat_deadline(policy, interval)
         send, recv = trio.open_memory_channel[Message](INBOX_SIZE)
         task_status.started(send)
         await actor.serve(recv)
@@ -278,7 +284,6 @@ class NodeActor:
 
     async def _heartbeat(self, message: Heartbeat) -> HeartbeatAnswer:
         policy = self.deps.policy()
-        self.deadline = trio.current_time() + policy.heartbeat_timeout_sec
         if message.acked:
             await self._ack(message.acked)
         sample = message.sample
@@ -290,7 +295,8 @@ class NodeActor:
         self.last_sample = sample
         self.deps.samples.submit(self.last_sample)
         waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting()
-        interval = ns.heartbeat_interval(self.state, work_waiting=waiting, policy=policy)
+        interval = ns.heartbeat_interval(self.state, waiting, policy, self.deps.fleet_size())
+        self.deadline = trio.current_time() + ns.heartbeat_deadline(policy, interval)
         return HeartbeatAnswer(interval, tuple(self.commands))
 
     async def _ack(self, ids: tuple[UUID, ...]) -> None:

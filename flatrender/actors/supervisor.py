@@ -185,6 +185,9 @@ class Supervisor:
         child.cancel_scope.cancel()
         await child.done.wait()
 
+    def child_count(self) -> int:
+        return len(self._children)
+
     def has_child(self, child_id: str) -> bool:
         """O(1): is ``child_id`` supervised (in any state)? Hot paths ask this per request."""
         return child_id in self._children

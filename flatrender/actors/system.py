@@ -42,6 +42,7 @@ def node_policy(config: Config) -> NodePolicy:
         busy_heartbeat_interval_sec=nodes.busy_heartbeat_interval_sec,
         heartbeat_timeout_sec=float(nodes.heartbeat_timeout_sec),
         max_consecutive_failures=nodes.max_consecutive_failures,
+        max_heartbeats_per_sec=nodes.max_heartbeats_per_sec,
     )
 
 
@@ -69,6 +70,7 @@ class ActorSystem:
                 clock=clock,
                 on_lost=self._node_lost,
                 work_waiting=lambda: self.scheduler.work_waiting(),
+                fleet_size=lambda: self.fleet.size(),
                 node_idle=lambda: self.scheduler.wake(),
             )
         )

@@ -9,6 +9,7 @@ comes back returns to its hold, never silently to ``Idle``.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import attrs
@@ -24,6 +25,8 @@ class NodePolicy:
     busy_heartbeat_interval_sec: int = 1
     heartbeat_timeout_sec: float = 15.0
     max_consecutive_failures: int = 3
+    # The heartbeat rate the daemon can answer comfortably; 0: unlimited (no shedding).
+    max_heartbeats_per_sec: float = 0.0
 
 
 @attrs.frozen
@@ -246,11 +249,29 @@ def _admin_patch(state: NodeState, patch: AdminPatch, policy: NodePolicy) -> Dec
     return Decision(attrs.evolve(new, status=resting_status(new, patch.now, new.busy, policy)))
 
 
-def heartbeat_interval(state: NodeState, work_waiting: bool, policy: NodePolicy) -> int:
-    """Seconds until the node's next heartbeat: shorter while work waits for it."""
+def heartbeat_interval(
+    state: NodeState, work_waiting: bool, policy: NodePolicy, fleet_size: int = 1
+) -> int:
+    """Seconds until the node's next heartbeat: shorter while work waits for it, longer when
+    the whole fleet at the normal interval would exceed ``max_heartbeats_per_sec`` (load is
+    shed by asking nodes to call less often, never by letting them time out)."""
     if work_waiting:
         return policy.busy_heartbeat_interval_sec
-    return policy.heartbeat_interval_sec
+    return shed_interval(policy.heartbeat_interval_sec, fleet_size, policy.max_heartbeats_per_sec)
+
+
+def shed_interval(base: int, fleet_size: int, max_rate: float) -> int:
+    """The shortest interval, at least ``base``, at which ``fleet_size`` nodes stay within
+    ``max_rate`` heartbeats per second."""
+    if max_rate <= 0:
+        return base
+    return max(base, math.ceil(fleet_size / max_rate))
+
+
+def heartbeat_deadline(policy: NodePolicy, interval: int) -> float:
+    """How long a node may stay silent after an answer that gave it ``interval``: the
+    configured timeout, stretched to three intervals when load shedding lengthened them."""
+    return max(policy.heartbeat_timeout_sec, 3.0 * interval)
 
 
 UNSET = _UNSET

@@ -218,3 +218,25 @@ async def test_a_dead_node_drops_its_assignments(
     await trio.testing.wait_all_tasks_blocked()
     await heartbeat(actor_system, node_id)
     assert await status(actor_system, node_id) is NodeStatus.IDLE
+
+
+async def test_load_shedding_asks_for_longer_intervals_and_waits_longer(
+    db, config, mock_clock: trio.testing.MockClock
+) -> None:
+    import attrs
+
+    # A budget of one heartbeat per 20 s: even a one-node fleet is asked to call every 20 s.
+    shed = attrs.evolve(config, nodes=attrs.evolve(config.nodes, max_heartbeats_per_sec=0.05))
+    system = ActorSystem(db, MinioStore(config.s3), lambda: shed)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(system.run)
+        node_id = await register(system)
+        answer = await heartbeat(system, node_id)
+        assert answer.next_heartbeat_in_sec == 20
+        mock_clock.jump(3 * 20 - 0.5)  # far past the 15 s timeout, within three intervals
+        await trio.testing.wait_all_tasks_blocked()
+        assert await status(system, node_id) is NodeStatus.IDLE
+        mock_clock.jump(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await status(system, node_id) is NodeStatus.OFFLINE
+        await system.drain()

@@ -19,6 +19,7 @@ from flatrender.domain.node_status import (
     WorkAssigned,
     WorkSucceeded,
     decide,
+    heartbeat_deadline,
     heartbeat_interval,
 )
 
@@ -197,3 +198,18 @@ def test_heartbeat_interval_shortens_while_work_waits() -> None:
     policy = NodePolicy(heartbeat_interval_sec=5, busy_heartbeat_interval_sec=1)
     assert heartbeat_interval(state(S.IDLE), False, policy) == 5
     assert heartbeat_interval(state(S.IDLE), True, policy) == 1
+
+
+def test_heartbeat_interval_lengthens_when_the_fleet_would_exceed_the_rate_budget() -> None:
+    policy = NodePolicy(heartbeat_interval_sec=5, max_heartbeats_per_sec=1000)
+    assert heartbeat_interval(state(S.IDLE), False, policy, fleet_size=5000) == 5
+    assert heartbeat_interval(state(S.IDLE), False, policy, fleet_size=5001) == 6
+    assert heartbeat_interval(state(S.IDLE), False, policy, fleet_size=40_000) == 40
+    unlimited = NodePolicy(heartbeat_interval_sec=5, max_heartbeats_per_sec=0)
+    assert heartbeat_interval(state(S.IDLE), False, unlimited, fleet_size=10**6) == 5
+
+
+def test_a_shed_interval_stretches_the_deadline_to_three_intervals() -> None:
+    policy = NodePolicy(heartbeat_timeout_sec=15)
+    assert heartbeat_deadline(policy, 5) == 15
+    assert heartbeat_deadline(policy, 40) == 120
