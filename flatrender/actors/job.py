@@ -1,172 +1,55 @@
 """JobActor: one per non-terminal render job; the only writer of the job and its ranges.
 
-Each message becomes an event for the pure ``job_steps.decide``; the decision is committed in
-one transaction (job row, changed ranges, the frame reported, log lines, any refund) before the
-actor answers or tells anyone else (DESIGN §2.1). Work handed to a node is first accepted by
-the node's actor (it commits the command and its Busy status), then recorded here, so a node is
-never told about a range this job does not record as its own for longer than one crash.
-Validation and merging run as background tasks of the actor and come back as messages.
+Each message (:mod:`flatrender.actors.job_messages`, re-exported here) becomes an event for the
+pure ``job_steps.decide``; the decision is committed (:mod:`flatrender.actors.job_effects`) in one
+transaction before the actor answers or tells anyone else (DESIGN §2.1). Work handed to a node is
+first accepted by the node's actor (it commits the command and its Busy status), then recorded
+here, so a node is never told about a range this job does not record as its own for longer than
+one crash. Validation and merging run as background tasks of the actor and come back as messages.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-import attrs
 import trio
 
 from flatrender.actors import node
-from flatrender.actors.fleet import Fleet, NodeUnknown
-from flatrender.actors.mailbox import ActorUnavailable, Reply, answer, fail
-from flatrender.actors.merger import MergedExport, MergeFailed, Merger, MergeRequest
-from flatrender.actors.validation import OutputCheck, check_output
-from flatrender.config import Config
+from flatrender.actors.job_effects import JobDeps as JobDeps
+from flatrender.actors.job_effects import JobEffects
+from flatrender.actors.job_messages import AssignRange as AssignRange
+from flatrender.actors.job_messages import AssignReplica as AssignReplica
+from flatrender.actors.job_messages import Cancel as Cancel
+from flatrender.actors.job_messages import CrashAnswer as CrashAnswer
+from flatrender.actors.job_messages import CrashReported as CrashReported
+from flatrender.actors.job_messages import Inspect as Inspect
+from flatrender.actors.job_messages import Message as Message
+from flatrender.actors.job_messages import NodeGone as NodeGone
+from flatrender.actors.job_messages import OfferTail as OfferTail
+from flatrender.actors.job_messages import ReplicaReady as ReplicaReady
+from flatrender.actors.job_messages import ReportFrame as ReportFrame
+from flatrender.actors.job_messages import _Merged, _Validated
+from flatrender.actors.mailbox import answer, fail
+from flatrender.actors.merger import MergedExport
+from flatrender.actors.validation import OutputCheck
 from flatrender.domain import job_steps as js
 from flatrender.domain.crash_policy import CrashHistory, decide_crash
 from flatrender.domain.model import CommandType, CrashAction
 from flatrender.domain.pricing import retention_days
 from flatrender.domain.splitting import split, trim_point
-from flatrender.persistence import exports, job_state, jobs, ledger, nodes
-from flatrender.persistence.db import Connection, Database
-from flatrender.storage import ObjectStore
+from flatrender.persistence import exports, job_state, nodes
+from flatrender.persistence.db import Connection
 
 log = logging.getLogger("flatrender.job")
 
 INBOX_SIZE = 256
 
 
-@attrs.frozen
-class JobDeps:
-    db: Database
-    store: ObjectStore
-    fleet: Fleet
-    merger: Merger
-    config: Callable[[], Config]
-    clock: Callable[[], datetime]
-    wake_scheduler: Callable[[], None]
-
-
-# ------------------------------------------------------------------ messages
-
-
-@attrs.frozen
-class AssignRange:
-    range_id: UUID
-    node_id: UUID
-    reply: Reply  # -> bool: the node took it
-
-
-@attrs.frozen
-class AssignReplica:
-    node_id: UUID
-    reply: Reply  # -> bool
-
-
-@attrs.frozen
-class ReportFrame:
-    node_id: UUID
-    range_id: UUID
-    frame: int
-    file_size_bytes: int | None
-    completed_at: datetime | None
-    reply: Reply  # -> bool: False means fenced (409 stale_assignment)
-
-
-@attrs.frozen
-class ReplicaReady:
-    node_id: UUID
-    replica_key: str
-    replica_md5: str | None
-    reply: Reply  # -> bool: False means fenced
-
-
-@attrs.frozen
-class CrashReported:
-    report: nodes.CrashReport
-    reply: Reply  # -> CrashAnswer, or None when fenced
-
-
-@attrs.frozen
-class CrashAnswer:
-    action: CrashAction
-    reassigned_to_node_id: UUID | None = None
-
-
-@attrs.frozen
-class NodeGone:
-    node_id: UUID
-    reply: Reply | None = None
-
-
-@attrs.frozen
-class Cancel:
-    reason: str
-    reply: Reply  # -> int: refunded minor units
-
-
-@attrs.frozen
-class OfferTail:
-    """An idle node is free: give the unstarted tail of this job's longest range to it."""
-
-    reply: Reply  # -> bool: a tail is now Pending
-
-
-@attrs.frozen
-class Inspect:
-    reply: Reply  # -> js.JobState
-
-
-@attrs.frozen
-class _Validated:
-    range_id: UUID
-    check: OutputCheck
-    reply: Reply | None = None
-
-
-@attrs.frozen
-class _Merged:
-    export: MergedExport | None
-    error: str | None
-    reply: Reply | None = None
-
-
-Message = (
-    AssignRange
-    | AssignReplica
-    | ReportFrame
-    | ReplicaReady
-    | CrashReported
-    | NodeGone
-    | Cancel
-    | OfferTail
-    | Inspect
-    | _Validated
-    | _Merged
-)
-
-
-class JobActor:
-    def __init__(
-        self,
-        deps: JobDeps,
-        row: jobs.JobRow,
-        state: js.JobState,
-        inbox: trio.MemorySendChannel[Any],
-    ) -> None:
-        self.deps = deps
-        self.row = row
-        self.state = state
-        self.revision = row.revision
-        self.inbox = inbox
-        self._merge_scope: trio.CancelScope | None = None
-        # When each range's first frame came in (trio time): its holder's pace, for trims.
-        self._first_frame_at: dict[UUID, float] = {}
-
+class JobActor(JobEffects):
     @classmethod
     async def run(
         cls,
@@ -341,17 +224,6 @@ class JobActor:
         await self._commit(decision)
         return True
 
-    async def _give_node(
-        self, node_id: UUID, work_id: UUID, kind: CommandType, payload: dict[str, object]
-    ) -> bool:
-        try:
-            await self.deps.fleet.call(
-                node_id, lambda reply: node.Assign(work_id, kind, payload, reply)
-            )
-        except (node.NodeNotIdle, NodeUnknown, ActorUnavailable):
-            return False
-        return True
-
     async def _report_frame(self, message: ReportFrame) -> bool:
         event = js.FrameReported(message.range_id, message.node_id, message.frame)
         decision = js.decide(self.state, event, self._policy())
@@ -480,198 +352,6 @@ class JobActor:
             await exports.record(conn, row, export, self.deps.clock(), timedelta(days=days))
 
         await self._apply(js.ExportRecorded(export.export_id), also=record)
-
-    # ------------------------------------------------------------------ deciding and committing
-
-    def _policy(self) -> js.JobPolicy:
-        return js.JobPolicy(max_attempts=self.deps.config().jobs.max_attempts)
-
-    async def _apply(
-        self, event: js.JobEvent, *, also: Callable[[Connection], Awaitable[None]] | None = None
-    ) -> js.Decision:
-        decision = js.decide(self.state, event, self._policy())
-        await self._commit(decision, also=also)
-        return decision
-
-    async def _commit(
-        self,
-        decision: js.Decision,
-        *,
-        also: Callable[[Connection], Awaitable[None]] | None = None,
-        report: tuple[UUID, int, UUID, int | None, datetime | None] | None = None,
-    ) -> None:
-        """Commit the decision whole, then perform the effects that are messages."""
-        old, new = self.state, decision.state
-        if old != new or decision.effects or also is not None or report is not None:
-            now = self.deps.clock()
-            async with self.deps.db.transaction() as conn:
-                if also is not None:
-                    await also(conn)
-                self.revision = await job_state.save(
-                    conn, self.revision, old, new, self.row.output_format, now, report
-                )
-                for effect in decision.effects:
-                    await self._in_transaction(conn, effect)
-        self.state = new
-        for effect in decision.effects:
-            await self._perform(effect, old)
-
-    async def _in_transaction(self, conn: Connection, effect: js.Effect) -> None:
-        job = self.state.job_id
-        match effect:
-            case js.Log(level=level, message=text, node_id=node_id):
-                await jobs.log(conn, job, level, text, node_id=node_id)
-            case js.RefundFull(amount_minor=amount, reason=reason):
-                await ledger.lock_account(conn, self.row.user_id)
-                await ledger.append(
-                    conn, self.row.user_id, "refund", amount, job_id=job, note=reason
-                )
-            case js.RefundCancelShare(amount_minor=amount):
-                await ledger.lock_account(conn, self.row.user_id)
-                await ledger.append(
-                    conn, self.row.user_id, "refund", amount, job_id=job, note="cancelled"
-                )
-            case _:
-                pass
-
-    async def _perform(self, effect: js.Effect, old: js.JobState) -> None:
-        job = self.state.job_id
-        match effect:
-            case js.RequestReplicaBuilder() | js.QueueRange():
-                self.deps.wake_scheduler()
-            case js.RequeueRange(failed_range_id=failed):
-                was = old.range(failed)
-                if was is not None and was.node_id is not None:
-                    await self._unassign(was.node_id, failed, succeeded=False)
-                self.deps.wake_scheduler()
-            case js.CancelRender(range_id=range_id, node_id=node_id):
-                payload: dict[str, object] = {"job_id": str(job), "frame_job_id": str(range_id)}
-                await self._tell_node(node_id, CommandType.CANCEL_RENDER, payload)
-                await self._unassign(node_id, range_id, succeeded=False)
-            case js.SendTrimRange(range_id=range_id, node_id=node_id, end_frame=end):
-                trim: dict[str, object] = {
-                    "job_id": str(job),
-                    "frame_job_id": str(range_id),
-                    "end_frame": end,
-                }
-                await self._tell_node(node_id, CommandType.TRIM_RANGE, trim)
-            case js.ValidateOutput(range_id=range_id):
-                self._start_validation(range_id)
-            case js.NodeSucceeded(node_id=node_id):
-                for r in self.state.current_ranges:
-                    if r.node_id == node_id and r.status is js.RangeStatus.VALIDATED:
-                        await self._unassign(node_id, r.id, succeeded=True)
-            case js.StartMerge(range_ids=ids):
-                self._start_merge(ids)
-            case js.AbortMerge():
-                if self._merge_scope is not None:
-                    self._merge_scope.cancel()
-            case _:
-                pass  # SendRenderFrames/SendPrepareReplica happened before the commit; the rest
-                # (logs, refunds) were written in it
-
-    # ------------------------------------------------------------------ nodes
-
-    async def _tell_node(
-        self, node_id: UUID, kind: CommandType, payload: dict[str, object]
-    ) -> None:
-        try:
-            await self.deps.fleet.call(node_id, lambda reply: node.Enqueue(kind, payload, reply))
-        except (NodeUnknown, ActorUnavailable) as e:
-            log.warning(
-                "job %s: could not tell node %s to %s: %s",
-                self.state.job_id,
-                node_id,
-                kind.value,
-                e,
-            )
-
-    async def _unassign(self, node_id: UUID, work_id: UUID, *, succeeded: bool) -> None:
-        try:
-            await self.deps.fleet.call(
-                node_id, lambda reply: node.Unassign(work_id, succeeded, reply)
-            )
-        except (NodeUnknown, ActorUnavailable) as e:
-            log.warning("job %s: could not release node %s: %s", self.state.job_id, node_id, e)
-
-    async def _release_all_nodes(self) -> None:
-        for r in self.state.ranges:
-            if r.node_id is not None:
-                await self._unassign(
-                    r.node_id, r.id, succeeded=r.status is js.RangeStatus.VALIDATED
-                )
-
-    # ------------------------------------------------------------------ payloads
-
-    async def _render_payload(self, r: js.RangeState) -> dict[str, object]:
-        row, store = self.row, self.deps.store
-        key = job_state.output_key(row.id, r.id, row.output_format)
-        replica = self.state.replica_key or ""
-        return {
-            "job_id": str(row.id),
-            "frame_job_id": str(r.id),
-            "start_frame": r.start_frame,
-            "end_frame": r.end_frame,
-            "attempt": r.attempt,
-            "replica_url": await store.presign_get(replica) if replica else "",
-            "quality": row.quality,
-            "resolution": row.resolution,
-            "frame_rate": row.frame_rate,
-            "output_format": row.output_format,
-            "upload_url": await store.presign_put(key),
-            "output_key": key,
-        }
-
-    async def _replica_payload(self) -> dict[str, object]:
-        row = self.row
-        project = await self.deps.db.fetchrow(
-            "SELECT template_md5, template_url FROM catalog_projects WHERE saved_project_id = $1",
-            row.saved_project_id,
-        )
-        key = f"replicas/{row.saved_project_id}/{row.project_version}.aep"
-        return {
-            "job_id": str(row.id),
-            "saved_project_id": str(row.saved_project_id),
-            "template_md5": project["template_md5"],
-            "template_url": project["template_url"],
-            "replica_upload_url": await self.deps.store.presign_put(key),
-            "replica_key": key,
-        }
-
-    # ------------------------------------------------------------------ background work
-
-    def _start_validation(self, range_id: UUID) -> None:
-        r = self.state.range(range_id)
-        assert r is not None
-        key = job_state.output_key(self.state.job_id, r.id, self.row.output_format)
-        expected = r.frame_count if self.row.output_format == "mp4" else 1
-
-        async def validate() -> None:
-            check = await check_output(self.deps.store, key, expected)
-            await self.inbox.send(_Validated(range_id, check))
-
-        self._nursery.start_soon(validate)
-
-    def _start_merge(self, range_ids: tuple[UUID, ...]) -> None:
-        keys = tuple(
-            job_state.output_key(self.state.job_id, i, self.row.output_format) for i in range_ids
-        )
-        request = MergeRequest(self.state.job_id, keys, self.state.total_frames)
-        scope = trio.CancelScope()
-        self._merge_scope = scope
-
-        async def merge() -> None:
-            with scope:
-                try:
-                    export = await self.deps.merger.merge(request)
-                except MergeFailed as e:
-                    await self.inbox.send(_Merged(None, str(e)))
-                    return
-                await self.inbox.send(_Merged(export, None))
-
-        self._nursery.start_soon(merge)
-
-    _nursery: trio.Nursery
 
 
 def _order(r: js.RangeState) -> int:

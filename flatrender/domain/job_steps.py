@@ -1,20 +1,8 @@
 """A render job's steps and its frame ranges (DESIGN §3) as one pure function: ``decide``.
 
-Job ``step``: ``Queued → Preparing`` (the replica must be built: ``ReplicaMissing``) or
-``Queued → Rendering`` (it exists: ``ReplicaAvailable``); ``Preparing → Rendering`` on
-``ReplicaBuilt``; ``Rendering → Merging`` when every current range is ``Validated``;
-``Merging → Completed`` once the export is recorded. Any non-terminal step goes to ``Failed``
-(replica failure, a range past ``max_attempts``, merge failure, ``Abort``) with a full refund, or
-to ``Cancelled`` (user) with a refund of the frames not yet validated. Terminal steps accept
+The state, events and effects it works on, and the lifecycle of steps and range statuses, are
+declared in :mod:`flatrender.domain.job_model` and re-exported here. Terminal steps accept
 nothing: every event on them is ``IGNORED``.
-
-Frame range (FrameJob) ``status``: ``Pending → Assigned`` (scheduler) ``→ Rendering`` (a frame
-reported) ``→ Rendered`` (the last frame reported: the node uploaded the output) ``→ Validated``
-(output probed OK), or ``Failed``. A range that fails before validation (bad output, node lost,
-crash requeue) is replaced by a copy with ``attempt + 1`` and the same frames, whose id is derived
-from the failed one (:func:`replacement_id`), so deciding the same event twice gives the same
-range. When that attempt would exceed ``max_attempts``, the job fails instead. "Current" ranges
-are the ones not ``Failed``; they always tile the job's frames.
 
 Lease fencing: a report from a node that does not hold the range, or for a range that is not
 ``Assigned``/``Rendering``, is ``STALE`` (HTTP 409 ``stale_assignment``); a frame already reported
@@ -32,380 +20,58 @@ output then fails validation and the range is requeued (``trim_margin_frames`` m
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
-from typing import Literal, assert_never
-from uuid import UUID, uuid5
+from typing import assert_never
+from uuid import UUID
 
 import attrs
 
-from flatrender.domain.crash_policy import CrashVerdict
+from flatrender.domain.job_model import Abort as Abort
+from flatrender.domain.job_model import AbortMerge as AbortMerge
+from flatrender.domain.job_model import CancelRender as CancelRender
+from flatrender.domain.job_model import CancelRequested as CancelRequested
+from flatrender.domain.job_model import CrashDecided as CrashDecided
+from flatrender.domain.job_model import Decision as Decision
+from flatrender.domain.job_model import Effect as Effect
+from flatrender.domain.job_model import ExportRecorded as ExportRecorded
+from flatrender.domain.job_model import FrameReported as FrameReported
+from flatrender.domain.job_model import JobEvent as JobEvent
+from flatrender.domain.job_model import JobPolicy as JobPolicy
+from flatrender.domain.job_model import JobState as JobState
+from flatrender.domain.job_model import JobStep as JobStep
+from flatrender.domain.job_model import Log as Log
+from flatrender.domain.job_model import MergeFailed as MergeFailed
+from flatrender.domain.job_model import NodeLost as NodeLost
+from flatrender.domain.job_model import NodeSucceeded as NodeSucceeded
+from flatrender.domain.job_model import Outcome as Outcome
+from flatrender.domain.job_model import OutputValidated as OutputValidated
+from flatrender.domain.job_model import QueueRange as QueueRange
+from flatrender.domain.job_model import RangeAssigned as RangeAssigned
+from flatrender.domain.job_model import RangeState as RangeState
+from flatrender.domain.job_model import RangeStatus as RangeStatus
+from flatrender.domain.job_model import RefundCancelShare as RefundCancelShare
+from flatrender.domain.job_model import RefundFull as RefundFull
+from flatrender.domain.job_model import ReplicaAvailable as ReplicaAvailable
+from flatrender.domain.job_model import ReplicaBuilderAssigned as ReplicaBuilderAssigned
+from flatrender.domain.job_model import ReplicaBuilt as ReplicaBuilt
+from flatrender.domain.job_model import ReplicaFailed as ReplicaFailed
+from flatrender.domain.job_model import ReplicaMissing as ReplicaMissing
+from flatrender.domain.job_model import RequestReplicaBuilder as RequestReplicaBuilder
+from flatrender.domain.job_model import RequeueRange as RequeueRange
+from flatrender.domain.job_model import SendPrepareReplica as SendPrepareReplica
+from flatrender.domain.job_model import SendRenderFrames as SendRenderFrames
+from flatrender.domain.job_model import SendTrimRange as SendTrimRange
+from flatrender.domain.job_model import StartMerge as StartMerge
+from flatrender.domain.job_model import Trim as Trim
+from flatrender.domain.job_model import TrimmedTail as TrimmedTail
+from flatrender.domain.job_model import ValidateOutput as ValidateOutput
+from flatrender.domain.job_model import replacement_id as replacement_id
 from flatrender.domain.pricing import cancel_refund
-
-
-class JobStep(enum.Enum):
-    QUEUED = "Queued"
-    PREPARING = "Preparing"
-    RENDERING = "Rendering"
-    MERGING = "Merging"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
-
-
-class RangeStatus(enum.Enum):
-    PENDING = "Pending"
-    ASSIGNED = "Assigned"
-    RENDERING = "Rendering"
-    RENDERED = "Rendered"
-    VALIDATED = "Validated"
-    FAILED = "Failed"
-
 
 J = JobStep
 R = RangeStatus
-TERMINAL_STEPS = frozenset({J.COMPLETED, J.FAILED, J.CANCELLED})
 _RUNNING = (R.ASSIGNED, R.RENDERING)  # a node holds the range and renders it
 _UNVALIDATED = (R.ASSIGNED, R.RENDERING, R.RENDERED)  # a node holds frames not yet validated
-
-
-@attrs.frozen
-class Trim:
-    """An unsettled trim: the range ended at ``original_end`` until ``tail_id`` took the rest."""
-
-    original_end: int
-    tail_id: UUID
-
-
-@attrs.frozen
-class RangeState:
-    id: UUID
-    start_frame: int
-    end_frame: int
-    status: RangeStatus = R.PENDING
-    node_id: UUID | None = None
-    attempt: int = 1
-    reported_frames: frozenset[int] = frozenset()
-    last_error: str | None = None
-    replaces_id: UUID | None = None
-    trim: Trim | None = None
-
-    @property
-    def frame_count(self) -> int:
-        return self.end_frame - self.start_frame + 1
-
-    @property
-    def frames_rendered(self) -> int:
-        return len(self.reported_frames)
-
-    @property
-    def frames_validated(self) -> int:
-        return self.frame_count if self.status is R.VALIDATED else 0
-
-    @property
-    def order_value(self) -> int:
-        """Merge order: current ranges tile the job, so their first frames order them."""
-        return self.start_frame
-
-
-@attrs.frozen
-class JobState:
-    job_id: UUID
-    start_frame: int
-    end_frame: int
-    step: JobStep = J.QUEUED
-    paid_minor: int = 0
-    ranges: tuple[RangeState, ...] = ()
-    replica_key: str | None = None
-    replica_node_id: UUID | None = None  # the node building the replica (Preparing)
-    export_id: UUID | None = None
-    failed_message: str | None = None
-    repair_attempts: int = 0  # ResetAndRestart verdicts
-
-    @property
-    def terminal(self) -> bool:
-        return self.step in TERMINAL_STEPS
-
-    @property
-    def total_frames(self) -> int:
-        return self.end_frame - self.start_frame + 1
-
-    @property
-    def current_ranges(self) -> tuple[RangeState, ...]:
-        return tuple(r for r in self.ranges if r.status is not R.FAILED)
-
-    @property
-    def frames_validated(self) -> int:
-        return sum(r.frames_validated for r in self.ranges)
-
-    def range(self, range_id: UUID) -> RangeState | None:
-        return next((r for r in self.ranges if r.id == range_id), None)
-
-
-@attrs.frozen
-class JobPolicy:
-    max_attempts: int = 3
-
-
-def replacement_id(failed_range_id: UUID) -> UUID:
-    """The id of the range that replaces ``failed_range_id`` (a range fails at most once)."""
-    return uuid5(failed_range_id, "replacement")
-
-
-# ------------------------------------------------------------------ events
-
-
-@attrs.frozen
-class ReplicaAvailable:
-    """The replica of this project version exists; ``ranges`` are the planned Pending ranges."""
-
-    replica_key: str
-    ranges: tuple[RangeState, ...]
-
-
-@attrs.frozen
-class ReplicaMissing:
-    """No replica yet: one node must build it."""
-
-
-@attrs.frozen
-class ReplicaBuilderAssigned:
-    node_id: UUID
-
-
-@attrs.frozen
-class ReplicaBuilt:
-    replica_key: str
-    ranges: tuple[RangeState, ...]
-
-
-@attrs.frozen
-class ReplicaFailed:
-    error: str
-
-
-@attrs.frozen
-class RangeAssigned:
-    range_id: UUID
-    node_id: UUID
-
-
-@attrs.frozen
-class FrameReported:
-    range_id: UUID
-    node_id: UUID
-    frame: int
-
-
-@attrs.frozen
-class OutputValidated:
-    range_id: UUID
-    ok: bool
-    error: str | None = None
-
-
-@attrs.frozen
-class NodeLost:
-    """The node went Offline or restarted: its unvalidated frames died with it."""
-
-    node_id: UUID
-
-
-@attrs.frozen
-class CrashDecided:
-    """The crash policy's verdict on a crash the node ``node_id`` reported for the range."""
-
-    range_id: UUID
-    node_id: UUID
-    verdict: CrashVerdict
-
-
-@attrs.frozen
-class TrimmedTail:
-    """The range now ends at ``new_end``; ``tail_range_id`` (same attempt) takes the rest."""
-
-    range_id: UUID
-    new_end: int
-    tail_range_id: UUID
-
-
-@attrs.frozen
-class CancelRequested:
-    reason: str = "cancelled by the user"
-
-
-@attrs.frozen
-class ExportRecorded:
-    export_id: UUID
-
-
-@attrs.frozen
-class MergeFailed:
-    error: str
-
-
-@attrs.frozen
-class Abort:
-    """Fail the job for a reason outside its ranges (its project vanished, an operator)."""
-
-    message: str
-
-
-JobEvent = (
-    ReplicaAvailable
-    | ReplicaMissing
-    | ReplicaBuilderAssigned
-    | ReplicaBuilt
-    | ReplicaFailed
-    | RangeAssigned
-    | FrameReported
-    | OutputValidated
-    | NodeLost
-    | CrashDecided
-    | TrimmedTail
-    | CancelRequested
-    | ExportRecorded
-    | MergeFailed
-    | Abort
-)
-
-# ------------------------------------------------------------------ effects
-
-
-@attrs.frozen
-class RequestReplicaBuilder:
-    """Pick a node to build the replica and answer with ``ReplicaBuilderAssigned``."""
-
-
-@attrs.frozen
-class SendPrepareReplica:
-    node_id: UUID
-
-
-@attrs.frozen
-class SendRenderFrames:
-    range_id: UUID
-    node_id: UUID
-    start_frame: int
-    end_frame: int
-    attempt: int
-
-
-@attrs.frozen
-class SendTrimRange:
-    range_id: UUID
-    node_id: UUID
-    end_frame: int
-
-
-@attrs.frozen
-class CancelRender:
-    range_id: UUID
-    node_id: UUID
-
-
-@attrs.frozen
-class QueueRange:
-    """A new Pending range (planned, or a trimmed tail): persist it, offer it to the scheduler."""
-
-    range: RangeState
-
-
-@attrs.frozen
-class RequeueRange:
-    failed_range_id: UUID
-    replacement: RangeState
-
-
-@attrs.frozen
-class ValidateOutput:
-    range_id: UUID
-    node_id: UUID
-    start_frame: int
-    end_frame: int
-    attempt: int
-
-
-@attrs.frozen
-class NodeSucceeded:
-    """A range the node rendered was validated (its failure streak ends)."""
-
-    node_id: UUID
-
-
-@attrs.frozen
-class StartMerge:
-    range_ids: tuple[UUID, ...]  # in frame order
-
-
-@attrs.frozen
-class AbortMerge:
-    pass
-
-
-@attrs.frozen
-class RefundFull:
-    amount_minor: int
-    reason: str
-
-
-@attrs.frozen
-class RefundCancelShare:
-    amount_minor: int
-    rendered_frames: int
-    total_frames: int
-
-
-LogLevel = Literal["debug", "info", "warn", "error"]
-
-
-@attrs.frozen
-class Log:
-    """A line for the job's log (``job_logs``)."""
-
-    level: LogLevel
-    message: str
-    node_id: UUID | None = None
-
-
-Effect = (
-    RequestReplicaBuilder
-    | SendPrepareReplica
-    | SendRenderFrames
-    | SendTrimRange
-    | CancelRender
-    | QueueRange
-    | RequeueRange
-    | ValidateOutput
-    | NodeSucceeded
-    | StartMerge
-    | AbortMerge
-    | RefundFull
-    | RefundCancelShare
-    | Log
-)
-
-
-class Outcome(enum.Enum):
-    APPLIED = "applied"  # the event was taken
-    UNCHANGED = "unchanged"  # taken, nothing to do: a duplicate, a node holding nothing here
-    # Lease fencing: the sender no longer holds this work (409 to a node). The state changes only
-    # when a too-late trim makes the holder's range fail (it is requeued).
-    STALE = "stale"
-    IGNORED = "ignored"  # does not apply in this step (terminal job, out-of-order event)
-
-
-@attrs.frozen
-class Decision:
-    state: JobState
-    effects: tuple[Effect, ...] = ()
-    outcome: Outcome = Outcome.APPLIED
-    reason: str = ""
-
-    @property
-    def fenced(self) -> bool:
-        """A node's report was refused: it must drop the work (409 ``stale_assignment``)."""
-        return self.outcome in (Outcome.STALE, Outcome.IGNORED)
 
 
 # ------------------------------------------------------------------ decide

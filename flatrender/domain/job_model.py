@@ -1,0 +1,390 @@
+"""The state, events and effects of a render job and its frame ranges (DESIGN §3).
+
+Job ``step``: ``Queued → Preparing`` (the replica must be built: ``ReplicaMissing``) or
+``Queued → Rendering`` (it exists: ``ReplicaAvailable``); ``Preparing → Rendering`` on
+``ReplicaBuilt``; ``Rendering → Merging`` when every current range is ``Validated``;
+``Merging → Completed`` once the export is recorded. Any non-terminal step goes to ``Failed``
+(replica failure, a range past ``max_attempts``, merge failure, ``Abort``) with a full refund, or
+to ``Cancelled`` (user) with a refund of the frames not yet validated.
+
+Frame range (FrameJob) ``status``: ``Pending → Assigned`` (scheduler) ``→ Rendering`` (a frame
+reported) ``→ Rendered`` (the last frame reported: the node uploaded the output) ``→ Validated``
+(output probed OK), or ``Failed``. A range that fails before validation (bad output, node lost,
+crash requeue) is replaced by a copy with ``attempt + 1`` and the same frames, whose id is
+derived from the failed one (:func:`replacement_id`), so deciding the same event twice gives
+the same range; past ``max_attempts`` the job fails instead. "Current" ranges are the ones not
+``Failed``; they always tile the job's frames.
+
+The transitions themselves are :func:`flatrender.domain.job_steps.decide`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+from uuid import UUID, uuid5
+
+import attrs
+
+from flatrender.domain.crash_policy import CrashVerdict
+
+
+class JobStep(enum.Enum):
+    QUEUED = "Queued"
+    PREPARING = "Preparing"
+    RENDERING = "Rendering"
+    MERGING = "Merging"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class RangeStatus(enum.Enum):
+    PENDING = "Pending"
+    ASSIGNED = "Assigned"
+    RENDERING = "Rendering"
+    RENDERED = "Rendered"
+    VALIDATED = "Validated"
+    FAILED = "Failed"
+
+
+TERMINAL_STEPS = frozenset({JobStep.COMPLETED, JobStep.FAILED, JobStep.CANCELLED})
+
+
+@attrs.frozen
+class Trim:
+    """An unsettled trim: the range ended at ``original_end`` until ``tail_id`` took the rest."""
+
+    original_end: int
+    tail_id: UUID
+
+
+@attrs.frozen
+class RangeState:
+    id: UUID
+    start_frame: int
+    end_frame: int
+    status: RangeStatus = RangeStatus.PENDING
+    node_id: UUID | None = None
+    attempt: int = 1
+    reported_frames: frozenset[int] = frozenset()
+    last_error: str | None = None
+    replaces_id: UUID | None = None
+    trim: Trim | None = None
+
+    @property
+    def frame_count(self) -> int:
+        return self.end_frame - self.start_frame + 1
+
+    @property
+    def frames_rendered(self) -> int:
+        return len(self.reported_frames)
+
+    @property
+    def frames_validated(self) -> int:
+        return self.frame_count if self.status is RangeStatus.VALIDATED else 0
+
+    @property
+    def order_value(self) -> int:
+        """Merge order: current ranges tile the job, so their first frames order them."""
+        return self.start_frame
+
+
+@attrs.frozen
+class JobState:
+    job_id: UUID
+    start_frame: int
+    end_frame: int
+    step: JobStep = JobStep.QUEUED
+    paid_minor: int = 0
+    ranges: tuple[RangeState, ...] = ()
+    replica_key: str | None = None
+    replica_node_id: UUID | None = None  # the node building the replica (Preparing)
+    export_id: UUID | None = None
+    failed_message: str | None = None
+    repair_attempts: int = 0  # ResetAndRestart verdicts
+
+    @property
+    def terminal(self) -> bool:
+        return self.step in TERMINAL_STEPS
+
+    @property
+    def total_frames(self) -> int:
+        return self.end_frame - self.start_frame + 1
+
+    @property
+    def current_ranges(self) -> tuple[RangeState, ...]:
+        return tuple(r for r in self.ranges if r.status is not RangeStatus.FAILED)
+
+    @property
+    def frames_validated(self) -> int:
+        return sum(r.frames_validated for r in self.ranges)
+
+    def range(self, range_id: UUID) -> RangeState | None:
+        return next((r for r in self.ranges if r.id == range_id), None)
+
+
+@attrs.frozen
+class JobPolicy:
+    max_attempts: int = 3
+
+
+def replacement_id(failed_range_id: UUID) -> UUID:
+    """The id of the range that replaces ``failed_range_id`` (a range fails at most once)."""
+    return uuid5(failed_range_id, "replacement")
+
+
+# ------------------------------------------------------------------ events
+
+
+@attrs.frozen
+class ReplicaAvailable:
+    """The replica of this project version exists; ``ranges`` are the planned Pending ranges."""
+
+    replica_key: str
+    ranges: tuple[RangeState, ...]
+
+
+@attrs.frozen
+class ReplicaMissing:
+    """No replica yet: one node must build it."""
+
+
+@attrs.frozen
+class ReplicaBuilderAssigned:
+    node_id: UUID
+
+
+@attrs.frozen
+class ReplicaBuilt:
+    replica_key: str
+    ranges: tuple[RangeState, ...]
+
+
+@attrs.frozen
+class ReplicaFailed:
+    error: str
+
+
+@attrs.frozen
+class RangeAssigned:
+    range_id: UUID
+    node_id: UUID
+
+
+@attrs.frozen
+class FrameReported:
+    range_id: UUID
+    node_id: UUID
+    frame: int
+
+
+@attrs.frozen
+class OutputValidated:
+    range_id: UUID
+    ok: bool
+    error: str | None = None
+
+
+@attrs.frozen
+class NodeLost:
+    """The node went Offline or restarted: its unvalidated frames died with it."""
+
+    node_id: UUID
+
+
+@attrs.frozen
+class CrashDecided:
+    """The crash policy's verdict on a crash the node ``node_id`` reported for the range."""
+
+    range_id: UUID
+    node_id: UUID
+    verdict: CrashVerdict
+
+
+@attrs.frozen
+class TrimmedTail:
+    """The range now ends at ``new_end``; ``tail_range_id`` (same attempt) takes the rest."""
+
+    range_id: UUID
+    new_end: int
+    tail_range_id: UUID
+
+
+@attrs.frozen
+class CancelRequested:
+    reason: str = "cancelled by the user"
+
+
+@attrs.frozen
+class ExportRecorded:
+    export_id: UUID
+
+
+@attrs.frozen
+class MergeFailed:
+    error: str
+
+
+@attrs.frozen
+class Abort:
+    """Fail the job for a reason outside its ranges (its project vanished, an operator)."""
+
+    message: str
+
+
+JobEvent = (
+    ReplicaAvailable
+    | ReplicaMissing
+    | ReplicaBuilderAssigned
+    | ReplicaBuilt
+    | ReplicaFailed
+    | RangeAssigned
+    | FrameReported
+    | OutputValidated
+    | NodeLost
+    | CrashDecided
+    | TrimmedTail
+    | CancelRequested
+    | ExportRecorded
+    | MergeFailed
+    | Abort
+)
+
+# ------------------------------------------------------------------ effects
+
+
+@attrs.frozen
+class RequestReplicaBuilder:
+    """Pick a node to build the replica and answer with ``ReplicaBuilderAssigned``."""
+
+
+@attrs.frozen
+class SendPrepareReplica:
+    node_id: UUID
+
+
+@attrs.frozen
+class SendRenderFrames:
+    range_id: UUID
+    node_id: UUID
+    start_frame: int
+    end_frame: int
+    attempt: int
+
+
+@attrs.frozen
+class SendTrimRange:
+    range_id: UUID
+    node_id: UUID
+    end_frame: int
+
+
+@attrs.frozen
+class CancelRender:
+    range_id: UUID
+    node_id: UUID
+
+
+@attrs.frozen
+class QueueRange:
+    """A new Pending range (planned, or a trimmed tail): persist it, offer it to the scheduler."""
+
+    range: RangeState
+
+
+@attrs.frozen
+class RequeueRange:
+    failed_range_id: UUID
+    replacement: RangeState
+
+
+@attrs.frozen
+class ValidateOutput:
+    range_id: UUID
+    node_id: UUID
+    start_frame: int
+    end_frame: int
+    attempt: int
+
+
+@attrs.frozen
+class NodeSucceeded:
+    """A range the node rendered was validated (its failure streak ends)."""
+
+    node_id: UUID
+
+
+@attrs.frozen
+class StartMerge:
+    range_ids: tuple[UUID, ...]  # in frame order
+
+
+@attrs.frozen
+class AbortMerge:
+    pass
+
+
+@attrs.frozen
+class RefundFull:
+    amount_minor: int
+    reason: str
+
+
+@attrs.frozen
+class RefundCancelShare:
+    amount_minor: int
+    rendered_frames: int
+    total_frames: int
+
+
+LogLevel = Literal["debug", "info", "warn", "error"]
+
+
+@attrs.frozen
+class Log:
+    """A line for the job's log (``job_logs``)."""
+
+    level: LogLevel
+    message: str
+    node_id: UUID | None = None
+
+
+Effect = (
+    RequestReplicaBuilder
+    | SendPrepareReplica
+    | SendRenderFrames
+    | SendTrimRange
+    | CancelRender
+    | QueueRange
+    | RequeueRange
+    | ValidateOutput
+    | NodeSucceeded
+    | StartMerge
+    | AbortMerge
+    | RefundFull
+    | RefundCancelShare
+    | Log
+)
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"  # the event was taken
+    UNCHANGED = "unchanged"  # taken, nothing to do: a duplicate, a node holding nothing here
+    # Lease fencing: the sender no longer holds this work (409 to a node). The state changes only
+    # when a too-late trim makes the holder's range fail (it is requeued).
+    STALE = "stale"
+    IGNORED = "ignored"  # does not apply in this step (terminal job, out-of-order event)
+
+
+@attrs.frozen
+class Decision:
+    state: JobState
+    effects: tuple[Effect, ...] = ()
+    outcome: Outcome = Outcome.APPLIED
+    reason: str = ""
+
+    @property
+    def fenced(self) -> bool:
+        """A node's report was refused: it must drop the work (409 ``stale_assignment``)."""
+        return self.outcome in (Outcome.STALE, Outcome.IGNORED)
