@@ -32,12 +32,13 @@ from flatrender.actors.job_messages import NodeGone as NodeGone
 from flatrender.actors.job_messages import OfferTail as OfferTail
 from flatrender.actors.job_messages import ReplicaReady as ReplicaReady
 from flatrender.actors.job_messages import ReportFrame as ReportFrame
+from flatrender.actors.job_messages import WorkDropped as WorkDropped
 from flatrender.actors.job_messages import _Merged, _Validated
 from flatrender.actors.mailbox import answer, fail
 from flatrender.actors.merger import MergedExport
 from flatrender.actors.validation import OutputCheck
 from flatrender.domain import job_steps as js
-from flatrender.domain.crash_policy import CrashHistory, decide_crash
+from flatrender.domain.crash_policy import CrashHistory, CrashVerdict, decide_crash
 from flatrender.domain.model import CommandType, CrashAction
 from flatrender.domain.pricing import retention_days
 from flatrender.domain.splitting import split, trim_point
@@ -185,6 +186,8 @@ class JobActor(JobEffects):
                 await self._apply(js.NodeLost(node_id))
                 if message.reply is not None:
                     answer(message.reply, None)
+            case WorkDropped(node_id=node_id, work_id=work_id):
+                await self._work_dropped(node_id, work_id)
             case Cancel(reason=reason):
                 decision = await self._apply(js.CancelRequested(reason))
                 answer(message.reply, _refunded(decision))
@@ -297,6 +300,17 @@ class JobActor(JobEffects):
             return 0
         pace = len(r.reported_frames) / max(trio.current_time() - started, 1e-3)
         return math.ceil(pace * self.deps.config().nodes.heartbeat_interval_sec * 2)
+
+    async def _work_dropped(self, node_id: UUID, work_id: UUID) -> None:
+        if work_id == self.state.job_id:
+            await self._apply(js.NodeLost(node_id))  # the replica builder: ask another node
+            return
+        # Like a crash that moves the range: a new attempt elsewhere (or the job fails when
+        # the attempts are spent); a range already rendered is left to its validation.
+        verdict = CrashVerdict(
+            CrashAction.REASSIGN_WORK, True, False, "the node went idle without finishing it"
+        )
+        await self._apply(js.CrashDecided(work_id, node_id, verdict))
 
     async def _crash(self, report: nodes.CrashReport) -> CrashAnswer | None:
         r = self.state.range(report.frame_job_id) if report.frame_job_id else None

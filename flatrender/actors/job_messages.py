@@ -68,6 +68,15 @@ class NodeGone:
 
 
 @attrs.frozen
+class WorkDropped:
+    """The node is alive and idle but no longer has this range (or this job's replica build)."""
+
+    node_id: UUID
+    work_id: UUID
+    reply: Reply | None = None
+
+
+@attrs.frozen
 class Cancel:
     reason: str
     reply: Reply  # -> int: refunded minor units
@@ -106,6 +115,7 @@ Message = (
     | ReplicaReady
     | CrashReported
     | NodeGone
+    | WorkDropped
     | Cancel
     | OfferTail
     | Inspect

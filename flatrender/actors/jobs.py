@@ -17,6 +17,7 @@ from flatrender.actors.supervisor import ChildSpec, ChildUnavailable, Restart, S
 
 log = logging.getLogger("flatrender.jobs")
 
+RANGE_OWNERS = "SELECT id, job_id FROM frame_jobs WHERE id = ANY($1::uuid[])"
 ACTIVE = """
 SELECT id FROM render_jobs WHERE step NOT IN ('Completed', 'Failed', 'Cancelled') ORDER BY queued_at
 """
@@ -74,6 +75,29 @@ class JobSystem:
         except ChildUnavailable:
             raise mailbox.ActorUnavailable(f"job {job_id} is restarting") from None
         return await mailbox.call(inbox, make, within_sec)
+
+    async def work_dropped(self, node_id: UUID, work_ids: list[UUID]) -> None:
+        """Tell the jobs whose ranges (or replica builds) the node dropped (no answer awaited)."""
+        owners = {r["id"]: r["job_id"] for r in await self.deps.db.fetch(RANGE_OWNERS, work_ids)}
+        for work in work_ids:
+            job_id = owners.get(work, work)  # a replica build's work id is its job's id
+            await self._tell(str(job_id), job.WorkDropped(node_id, work))
+
+    async def _tell(self, child_id: str, message: object) -> None:
+        supervisor = self._supervisor
+        if supervisor is None:
+            return
+        try:
+            inbox = supervisor.handle(child_id)
+        except (KeyError, ChildUnavailable):
+            return
+        with trio.move_on_after(1.0) as waited:
+            try:
+                await inbox.send(message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the job just ended
+        if waited.cancelled_caught:
+            log.warning("job %s is too busy to hear %r", child_id, message)
 
     async def node_lost(self, node_id: UUID) -> None:
         """Tell every job that the node's unvalidated work is gone (no answer awaited)."""

@@ -27,6 +27,12 @@ from flatrender.persistence.db import Connection, Database
 log = logging.getLogger("flatrender.node")
 
 INBOX_SIZE = 64
+# Heartbeats in a row with no job in hand after which delivered work counts as dropped.
+DROP_AFTER_IDLE_BEATS = 3
+
+
+async def _nothing() -> None:
+    return None
 
 
 class SampleSink(Protocol):
@@ -43,6 +49,8 @@ class NodeDeps:
     clock: Callable[[], datetime]
     # Called when a node's ranges are lost (dead or restarted); the job system requeues them.
     on_lost: Callable[[UUID, str], Awaitable[None]]
+    # Called with work the node evidently dropped (alive, idle, its command long delivered).
+    on_dropped: Callable[[UUID, list[UUID]], Awaitable[None]] = lambda node, work: _nothing()
     # The scheduler: whether work waits for nodes, and a nudge when a node becomes Idle.
     work_waiting: Callable[[], bool] = lambda: False
     fleet_size: Callable[[], int] = lambda: 1
@@ -174,6 +182,7 @@ class NodeActor:
     # Work given to the node and not yet finished: while any is held the node is Busy, whatever
     # its heartbeat says (the command may not have reached it yet).
     assigned: set[UUID] = attrs.Factory(set)
+    _idle_beats: dict[UUID, int] = attrs.Factory(dict)
     last_sample: HealthSample | None = None
     deadline: float = math.inf
 
@@ -287,6 +296,7 @@ class NodeActor:
         if message.acked:
             await self._ack(message.acked)
         sample = message.sample
+        dropped = self._dropped_work(sample)
         busy = sample.current_job_id is not None or bool(self.assigned)
         await self._apply(ns.Heartbeat(self.deps.clock(), busy=busy))
         status = self.state.status.value
@@ -297,7 +307,37 @@ class NodeActor:
         waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting()
         interval = ns.heartbeat_interval(self.state, waiting, policy, self.deps.fleet_size())
         self.deadline = trio.current_time() + ns.heartbeat_deadline(policy, interval)
+        if dropped:
+            log.warning(
+                "node %s is idle but held %d piece(s) of work: released", self.node_id, len(dropped)
+            )
+            await self.deps.on_dropped(self.node_id, dropped)
         return HeartbeatAnswer(interval, tuple(self.commands))
+
+    def _dropped_work(self, sample: HealthSample) -> list[UUID]:
+        """Work the node no longer has: it reports no job in hand for DROP_AFTER_IDLE_BEATS
+        heartbeats in a row although the work's command was delivered and acknowledged (an
+        upload that kept failing, an agent error). Such work leaves ``assigned`` here; its
+        job requeues it. Work whose command still waits for the node is never counted."""
+        if sample.current_job_id is not None:
+            self._idle_beats.clear()
+            return []
+        undelivered = {
+            str(c.payload.get("frame_job_id") or c.payload.get("job_id"))
+            for c in self.commands
+            if c.type in (CommandType.RENDER_FRAMES, CommandType.PREPARE_REPLICA)
+        }
+        dropped = []
+        for work in list(self.assigned):
+            if str(work) in undelivered:
+                continue
+            beats = self._idle_beats.get(work, 0) + 1
+            self._idle_beats[work] = beats
+            if beats >= DROP_AFTER_IDLE_BEATS:
+                dropped.append(work)
+                self.assigned.discard(work)
+                del self._idle_beats[work]
+        return dropped
 
     async def _ack(self, ids: tuple[UUID, ...]) -> None:
         wanted = set(ids) & {c.id for c in self.commands}

@@ -69,6 +69,7 @@ class ActorSystem:
                 policy=lambda: node_policy(config()),
                 clock=clock,
                 on_lost=self._node_lost,
+                on_dropped=lambda node_id, work: self.jobs.work_dropped(node_id, work),
                 work_waiting=lambda: self.scheduler.work_waiting(),
                 fleet_size=lambda: self.fleet.size(),
                 node_idle=lambda: self.scheduler.wake(),

@@ -240,3 +240,39 @@ async def test_load_shedding_asks_for_longer_intervals_and_waits_longer(
         await trio.testing.wait_all_tasks_blocked()
         assert await status(system, node_id) is NodeStatus.OFFLINE
         await system.drain()
+
+
+async def test_delivered_work_a_node_no_longer_has_is_released(actor_system: ActorSystem) -> None:
+    node_id = await register(actor_system)
+    await heartbeat(actor_system, node_id)
+    work = uuid4()
+    command = await actor_system.fleet.call(
+        node_id,
+        lambda r: node.Assign(work, CommandType.RENDER_FRAMES, {"frame_job_id": str(work)}, r),
+    )
+    # Not yet acknowledged: however idle the node says it is, the work is still on its way.
+    for _ in range(5):
+        await heartbeat(actor_system, node_id)
+    assert await status(actor_system, node_id) is NodeStatus.BUSY
+    # Acknowledged, then idle for three heartbeats in a row: the node dropped it.
+    await heartbeat(actor_system, node_id, acked=(command.id,))
+    await heartbeat(actor_system, node_id)
+    assert await status(actor_system, node_id) is NodeStatus.BUSY
+    await heartbeat(actor_system, node_id)
+    assert await status(actor_system, node_id) is NodeStatus.IDLE
+    view: node.NodeView = await actor_system.fleet.call(node_id, node.Inspect)
+    assert view.state.busy is False
+
+
+async def test_a_node_rendering_something_keeps_its_queued_work(actor_system: ActorSystem) -> None:
+    node_id = await register(actor_system)
+    await heartbeat(actor_system, node_id)
+    work = uuid4()
+    command = await actor_system.fleet.call(
+        node_id,
+        lambda r: node.Assign(work, CommandType.RENDER_FRAMES, {"frame_job_id": str(work)}, r),
+    )
+    await heartbeat(actor_system, node_id, job=uuid4(), acked=(command.id,))
+    for _ in range(5):
+        await heartbeat(actor_system, node_id, job=uuid4())
+    assert await status(actor_system, node_id) is NodeStatus.BUSY
