@@ -18,7 +18,22 @@ from uuid import UUID, uuid4
 import attrs
 import trio
 
-from flatrender.actors.mailbox import Reply, answer, fail
+from flatrender.actors.mailbox import answer, fail
+from flatrender.actors.node_messages import Assign as Assign
+from flatrender.actors.node_messages import CacheChanged as CacheChanged
+from flatrender.actors.node_messages import CrashOutcome as CrashOutcome
+from flatrender.actors.node_messages import Enqueue as Enqueue
+from flatrender.actors.node_messages import Heartbeat as Heartbeat
+from flatrender.actors.node_messages import HeartbeatAnswer as HeartbeatAnswer
+from flatrender.actors.node_messages import Inspect as Inspect
+from flatrender.actors.node_messages import Message as Message
+from flatrender.actors.node_messages import NodeNotIdle as NodeNotIdle
+from flatrender.actors.node_messages import NodePatch as NodePatch
+from flatrender.actors.node_messages import NodeView as NodeView
+from flatrender.actors.node_messages import Online as Online
+from flatrender.actors.node_messages import Patch as Patch
+from flatrender.actors.node_messages import RecordCrash as RecordCrash
+from flatrender.actors.node_messages import Unassign as Unassign
 from flatrender.domain import node_status as ns
 from flatrender.domain.model import CommandType, CrashAction, HealthSample, NodeCommand
 from flatrender.persistence import nodes
@@ -55,118 +70,6 @@ class NodeDeps:
     work_waiting: Callable[[], bool] = lambda: False
     fleet_size: Callable[[], int] = lambda: 1
     node_idle: Callable[[], None] = lambda: None
-
-
-# ------------------------------------------------------------------ messages
-
-
-@attrs.frozen
-class Heartbeat:
-    sample: HealthSample
-    acked: tuple[UUID, ...]
-    reply: Reply  # -> HeartbeatAnswer
-
-
-@attrs.frozen
-class HeartbeatAnswer:
-    next_heartbeat_in_sec: int
-    commands: tuple[NodeCommand, ...]
-
-
-@attrs.frozen
-class Online:
-    info: nodes.OnlineInfo
-    reply: Reply  # -> None
-
-
-@attrs.frozen
-class CacheChanged:
-    action: str  # Downloaded | Verified | Evicted | Failed
-    md5: str
-    cache_used_gb: int | None  # None: unchanged
-    reply: Reply  # -> None
-
-
-@attrs.frozen
-class Enqueue:
-    type: CommandType
-    payload: dict[str, object]
-    reply: Reply  # -> NodeCommand; NodeNotIdle (raised by the caller) for an update to a busy node
-
-
-@attrs.frozen
-class Assign:
-    """Give the node a piece of work (a range, or a replica to build) with its command.
-
-    Refused with NodeNotIdle unless the node is schedulable; the command and the node's Busy
-    status are committed together.
-    """
-
-    work_id: UUID
-    type: CommandType
-    payload: dict[str, object]
-    reply: Reply  # -> NodeCommand
-
-
-@attrs.frozen
-class Unassign:
-    """A piece of work left the node: finished (``succeeded``), moved, or cancelled."""
-
-    work_id: UUID
-    succeeded: bool
-    reply: Reply  # -> None
-
-
-@attrs.frozen
-class RecordCrash:
-    report: nodes.CrashReport
-    reply: Reply  # -> CrashOutcome
-    # The crash policy's answer, stored with the crash so a repeated report gets the same one.
-    action: CrashAction = CrashAction.REASSIGN_WORK
-
-
-@attrs.frozen
-class CrashOutcome:
-    crash: nodes.CrashRow
-    counted: bool  # False: the same report was recorded before
-
-
-@attrs.frozen
-class NodePatch:
-    priority: int | None = None
-    is_active: bool | None = None
-    accepts_new_jobs: bool | None = None
-    node_kind: str | None = None
-    owner_user_id: object = ns.UNSET
-    next_maintenance_at: object = ns.UNSET
-    maintenance_reason: str | None = None
-
-
-@attrs.frozen
-class Patch:
-    patch: NodePatch
-    reply: Reply  # -> None
-
-
-@attrs.frozen
-class Inspect:
-    reply: Reply  # -> NodeView
-
-
-@attrs.frozen
-class NodeView:
-    state: ns.NodeState
-    last_sample: HealthSample | None
-    commands: tuple[NodeCommand, ...]
-
-
-class NodeNotIdle(Exception):
-    """Software updates go only to idle nodes."""
-
-
-Message = (
-    Heartbeat | Online | CacheChanged | Enqueue | Assign | Unassign | RecordCrash | Patch | Inspect
-)
 
 
 # ------------------------------------------------------------------ the actor
