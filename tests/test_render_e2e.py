@@ -88,6 +88,11 @@ async def test_job_completes_exactly_despite_a_dead_node_and_a_crash(
                     )
 
                 await poll(http, path, user_token, doomed_is_rendering, 60)
+                live = await http.get(f"{path}/progress", headers=bearer(user_token))
+                assert live.status_code == 200, live.text
+                now = live.json()
+                assert now["step"] == "Rendering" and now["total_frames"] == FRAMES
+                assert now["active_nodes"] >= 1 and 0 <= now["progress"] < 100
                 doomed.send_signal(signal.SIGKILL)
                 doomed.wait()
 
@@ -100,6 +105,13 @@ async def test_job_completes_exactly_despite_a_dead_node_and_a_crash(
                 )
                 assert final["step"] == "Completed", final
                 assert final["export"] is not None
+                done = (await http.get(f"{path}/progress", headers=bearer(user_token))).json()
+                assert (done["step"], done["progress"], done["eta_seconds"]) == (
+                    "Completed",
+                    100,
+                    None,
+                )
+                assert done["preview_b64"]  # a small PNG of a validated range
                 assert final["repair_attempts"] >= 1  # the crashy node restarted AE at least once
                 attempts = {f["attempt"] for f in final["frame_jobs"]}
                 assert max(attempts) >= 2  # the dead node's range was rendered again

@@ -128,7 +128,7 @@ async def retry_render(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]
 
 
 PROGRESS = """
-SELECT count(DISTINCT node_id) FILTER (WHERE status IN ('Assigned', 'Rendering')) AS active,
+SELECT count(DISTINCT f.node_id) FILTER (WHERE f.status IN ('Assigned', 'Rendering')) AS active,
        max(r.frame_number) AS current_frame,
        count(r.frame_number) FILTER (WHERE r.received_at > now() - interval '30 seconds') AS recent
 FROM frame_jobs f LEFT JOIN frame_reports r ON r.frame_job_id = f.id

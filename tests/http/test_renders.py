@@ -492,3 +492,25 @@ async def test_logs_refuse_bad_level_and_strangers(api, db, tokens: Tokens) -> N
     assert error == {"field": "level", "message": "must be one of debug, info, warn, error"}
     assert (await api.get(path, headers=bearer(tokens.other_user))).status_code == 404
     assert (await api.get(path)).status_code == 401
+
+
+async def test_progress_of_a_queued_job_and_owner_only(api, db, tokens: Tokens) -> None:
+    project_id = await make_project(db, tokens.user_id)
+    await ledger.credit(db, tokens.user_id, 10_000)
+    _, job = await submit(api, tokens.user, render_body(project_id))
+    path = f"/v1/renders/{job['id']}/progress"
+    response = await api.get(path, headers=bearer(tokens.user))
+    assert response.status_code == 200
+    assert await response.get_json() == {
+        "job_id": job["id"],
+        "step": "Queued",
+        "progress": 0,
+        "current_frame": None,
+        "total_frames": 300,
+        "eta_seconds": None,
+        "preview_b64": None,
+        "active_nodes": 0,
+        "message": None,
+    }
+    assert (await api.get(path, headers=bearer(tokens.other_user))).status_code == 404
+    assert (await api.get(path)).status_code == 401
