@@ -118,6 +118,10 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
+    async def stopping(self) -> None:
+        """Returns once a stop was asked for (the daemon is then draining)."""
+        await self._stop.wait()
+
     def reload(self) -> None:
         """Re-read the configuration file; a bad file keeps the running configuration."""
         systemd.reloading()

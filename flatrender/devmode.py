@@ -189,7 +189,19 @@ async def _run(
                 state_file=state_dir / "agent-nodes.json",
                 work_dir=state_dir / "agent",
             )
-            await nursery.start(run_agent, agents)
+            await nursery.start(_agents_until_stop, daemon, agents)
+
+
+async def _agents_until_stop(
+    daemon: Daemon, options: AgentOptions, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """The simulated nodes, stopped first when the daemon is asked to stop (no noise from
+    nodes knocking on a closed port while the daemon drains)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_agent, options)
+        task_status.started()
+        await daemon.stopping()
+        nursery.cancel_scope.cancel()
 
 
 def dev_info(config: Config, keys: dict[str, str], binds: list[str]) -> dict[str, Any]:
