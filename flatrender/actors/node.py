@@ -42,6 +42,8 @@ from flatrender.persistence.db import Connection, Database
 log = logging.getLogger("flatrender.node")
 
 INBOX_SIZE = 64
+# Commands that hand the node work (the others are instructions about work or the node).
+WORK_COMMANDS = (CommandType.RENDER_FRAMES, CommandType.PREPARE_REPLICA)
 # Heartbeats in a row with no job in hand after which delivered work counts as dropped.
 DROP_AFTER_IDLE_BEATS = 3
 
@@ -225,11 +227,7 @@ class NodeActor:
         if sample.current_job_id is not None:
             self._idle_beats.clear()
             return []
-        undelivered = {
-            str(c.payload.get("frame_job_id") or c.payload.get("job_id"))
-            for c in self.commands
-            if c.type in (CommandType.RENDER_FRAMES, CommandType.PREPARE_REPLICA)
-        }
+        undelivered = {_work_of(c) for c in self.commands if c.type in WORK_COMMANDS}
         dropped = []
         for work in list(self.assigned):
             if str(work) in undelivered:
@@ -282,11 +280,21 @@ class NodeActor:
         if work_id not in self.assigned:
             return  # already released (node lost, restarted, or a repeated message)
         self.assigned.discard(work_id)
+        if not succeeded:
+            # Moved or cancelled before the node got it: take the command back.
+            await self._withdraw(lambda c: _work_of(c) == str(work_id))
         if succeeded:
             await self._apply(ns.WorkSucceeded())
         if not self.assigned:
             reported = self.last_sample is not None and self.last_sample.current_job_id is not None
             await self._apply(ns.WorkAssigned(busy=reported))
+
+    async def _withdraw(self, which: Callable[[NodeCommand], bool]) -> None:
+        """Take back commands not yet acknowledged (recorded as acknowledged: never delivered)."""
+        gone = [c for c in self.commands if c.type in WORK_COMMANDS and which(c)]
+        if gone:
+            await nodes.ack_commands(self.deps.db, self.node_id, [c.id for c in gone])
+            self.commands = [c for c in self.commands if c not in gone]
 
     async def _record_crash(self, report: nodes.CrashReport, action: CrashAction) -> CrashOutcome:
         decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
@@ -372,12 +380,19 @@ class NodeActor:
             case ns.DropAssignments(reason=reason):
                 log.warning("node %s lost its work: %s", self.node_id, reason)
                 self.assigned.clear()
+                # Its ranges are requeued: their commands must not reach it when it is back.
+                await self._withdraw(lambda c: c.type in WORK_COMMANDS)
                 await self.deps.on_lost(self.node_id, reason)
             case ns.ReleaseStaleWork():
                 command = NodeCommand(uuid4(), CommandType.RELEASE, {})
                 await nodes.insert_command(self.deps.db, self.node_id, command)
                 self.commands.append(command)
                 log.info("node %s came back with stale work: Release queued", self.node_id)
+
+
+def _work_of(command: NodeCommand) -> str:
+    """The work a RenderFrames (its range) or PrepareReplica (its job) command carries."""
+    return str(command.payload.get("frame_job_id") or command.payload.get("job_id"))
 
 
 def _persisted(state: ns.NodeState) -> ns.NodeState:

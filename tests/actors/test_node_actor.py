@@ -216,8 +216,10 @@ async def test_a_dead_node_drops_its_assignments(
     )
     mock_clock.jump(TIMEOUT + 1)
     await trio.testing.wait_all_tasks_blocked()
-    await heartbeat(actor_system, node_id)
+    answer = await heartbeat(actor_system, node_id)
     assert await status(actor_system, node_id) is NodeStatus.IDLE
+    # Its range was requeued elsewhere: the old RenderFrames never reaches it.
+    assert [c.type for c in answer.commands] == []
 
 
 async def test_load_shedding_asks_for_longer_intervals_and_waits_longer(
@@ -276,3 +278,19 @@ async def test_a_node_rendering_something_keeps_its_queued_work(actor_system: Ac
     for _ in range(5):
         await heartbeat(actor_system, node_id, job=uuid4())
     assert await status(actor_system, node_id) is NodeStatus.BUSY
+
+
+async def test_work_moved_before_delivery_takes_its_command_back(
+    actor_system: ActorSystem,
+) -> None:
+    node_id = await register(actor_system)
+    await heartbeat(actor_system, node_id)
+    work = uuid4()
+    payload = {"frame_job_id": str(work)}
+    await actor_system.fleet.call(
+        node_id, lambda r: node.Assign(work, CommandType.RENDER_FRAMES, payload, r)
+    )
+    await actor_system.fleet.call(node_id, lambda r: node.Unassign(work, False, r))
+    answer = await heartbeat(actor_system, node_id)
+    assert answer.commands == ()
+    assert await status(actor_system, node_id) is NodeStatus.IDLE
