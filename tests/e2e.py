@@ -8,10 +8,29 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import httpx
 import trio
 
+from flatrender.config import Config
+from flatrender.http.auth import mint_token
 from tests.helpers import bearer
+
+
+def fast_farm(config: Config, *, max_chunk_frames: int = 40) -> Config:
+    """A daemon on a free port that notices dead nodes in 3 s and splits jobs small."""
+    return attrs.evolve(
+        config,
+        http=attrs.evolve(config.http, port=0),
+        nodes=attrs.evolve(config.nodes, heartbeat_interval_sec=1, heartbeat_timeout_sec=3),
+        jobs=attrs.evolve(config.jobs, min_chunk_frames=20, max_chunk_frames=max_chunk_frames),
+    )
+
+
+def people(config: Config) -> tuple[str, UUID, str]:
+    """The service token, a new user and that user's JWT."""
+    user = uuid4()
+    return config.auth.service_tokens[0], user, mint_token(config.auth.jwt_secret, user)
 
 
 def agent(

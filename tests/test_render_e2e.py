@@ -9,9 +9,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
-import attrs
 import httpx
 import pytest
 import trio
@@ -19,9 +17,8 @@ import trio
 from flatrender import media
 from flatrender.config import Config
 from flatrender.daemon import Daemon
-from flatrender.http.auth import mint_token
 from flatrender.storage import MinioStore
-from tests.e2e import agent, poll, seed_project, stop
+from tests.e2e import agent, fast_farm, people, poll, seed_project, stop
 from tests.helpers import bearer
 
 FRAMES = 240
@@ -31,15 +28,8 @@ FRAMES = 240
 async def test_job_completes_exactly_despite_a_dead_node_and_a_crash(
     config: Config, tmp_path: Path
 ) -> None:
-    config = attrs.evolve(
-        config,
-        http=attrs.evolve(config.http, port=0),
-        nodes=attrs.evolve(config.nodes, heartbeat_interval_sec=1, heartbeat_timeout_sec=3),
-        jobs=attrs.evolve(config.jobs, min_chunk_frames=20, max_chunk_frames=40),
-    )
-    service = config.auth.service_tokens[0]
-    user = uuid4()
-    user_token = mint_token(config.auth.jwt_secret, user)
+    config = fast_farm(config, max_chunk_frames=40)
+    service, user, user_token = people(config)
     daemon = Daemon(config)
     procs: list[Any] = []
     async with trio.open_nursery() as nursery:
@@ -140,15 +130,8 @@ async def test_a_late_idle_node_takes_the_unstarted_tail_of_a_long_range(
     config: Config, tmp_path: Path
 ) -> None:
     frames = 360
-    config = attrs.evolve(
-        config,
-        http=attrs.evolve(config.http, port=0),
-        nodes=attrs.evolve(config.nodes, heartbeat_interval_sec=1, heartbeat_timeout_sec=3),
-        jobs=attrs.evolve(config.jobs, min_chunk_frames=20, max_chunk_frames=1000),
-    )
-    service = config.auth.service_tokens[0]
-    user = uuid4()
-    user_token = mint_token(config.auth.jwt_secret, user)
+    config = fast_farm(config, max_chunk_frames=1000)
+    service, user, user_token = people(config)
     daemon = Daemon(config)
     procs: list[Any] = []
     async with trio.open_nursery() as nursery:
