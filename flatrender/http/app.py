@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 from flatrender.http import (
     billing,
     catalog,
+    exports,
     internal,
     node_updates,
     nodes,
@@ -40,6 +41,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         node_updates.bp,
         renders.bp,
         render_actions.bp,
+        exports.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

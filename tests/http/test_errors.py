@@ -120,7 +120,7 @@ async def test_oversized_body_is_413(client, tokens: Tokens) -> None:
 
 
 async def test_unimplemented_operations_answer_501_with_owner_issue(client, tokens) -> None:
-    response = await client.get("/v1/exports", headers=bearer(tokens.user))
+    response = await client.get(f"/v1/snapshots/{uuid4()}", headers=bearer(tokens.user))
     assert response.status_code == 501
     error = assert_error(await response.get_json(), "not_implemented")
     assert error["details"]["tracked_in_issue"] == 5

@@ -1,0 +1,158 @@
+"""Exports for their owners (issue 5): list, detail, delete, paid extension, download urls.
+
+Someone else's export is 404, never 403: ids do not leak (admins and services see any by id).
+Lists show the caller's own exports, like the render list. Deleting removes the objects first,
+then the rows, under the row's lock (``retention.delete_export``); when object storage is down
+the answer is 503 and the export stays whole enough to delete again. An extension is charged to
+the export's owner in the same transaction that moves the date, under the owner's account lock,
+so concurrent extensions serialise like submits and each is charged exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import attrs
+from quart import Blueprint, request
+
+from flatrender.actors.retention import delete_export
+from flatrender.clock import utc_now
+from flatrender.http.auth import acting_user, require_owner
+from flatrender.http.codec import dump
+from flatrender.http.common import body, caller, page_from_query, path_uuid, state
+from flatrender.http.errors import ApiError, conflict, not_found, unprocessable
+from flatrender.persistence import exports, ledger
+
+bp = Blueprint("exports", __name__)
+
+EXPORT = tuple(f for f in exports.EXPORT_FIELDS if f not in ("user_id", "job_id"))
+FILE = ("id", "thumbnail", "path", "size_bytes", "file_type")
+MIN_DAYS, MAX_DAYS = 1, 365
+FORMAT = re.compile(r"^[a-z0-9]{1,16}$")
+
+
+@attrs.frozen
+class ExtendIn:
+    days: int
+
+
+def export_json(row: exports.ExportRow) -> dict[str, Any]:
+    data = dump(row)
+    return {key: data[key] for key in EXPORT}
+
+
+def file_json(row: exports.ExportFile) -> dict[str, Any]:
+    data = dump(row)
+    return {key: data[key] for key in FILE}
+
+
+async def visible_export(export_id: str) -> exports.ExportRow:
+    """The export if the caller may see it (owner, admin, service); else 404."""
+    principal = caller()
+    eid = path_uuid("export_id", export_id)
+    row = await exports.get(state().db, eid)
+    if row is None:
+        raise not_found("export", eid)
+    require_owner(principal, row.user_id, "export", eid)
+    return row
+
+
+@bp.get("/v1/exports")
+async def list_exports() -> dict[str, Any]:
+    user_id = acting_user(caller())
+    page = page_from_query()
+    rows, total = await exports.list_exports(state().db, user_id, page.page_size, page.offset)
+    return {"data": [export_json(row) for row in rows], "meta": page.meta(total)}
+
+
+@bp.get("/v1/exports/<export_id>")
+async def get_export(export_id: str) -> dict[str, Any]:
+    row = await visible_export(export_id)
+    files = await exports.files_of(state().db, [row.id])
+    return {**export_json(row), "files": [file_json(f) for f in files]}
+
+
+@bp.delete("/v1/exports/<export_id>")
+async def delete(export_id: str) -> tuple[str, int]:
+    """204 once objects and rows are gone; 404 when already deleted; 503 if storage is down."""
+    row = await visible_export(export_id)
+    app = state()
+    if not await delete_export(app.db, app.store, row.id):
+        raise not_found("export", row.id)  # deleted meanwhile by another request or the Reaper
+    return "", 204
+
+
+@bp.post("/v1/exports/<export_id>/extend")
+async def extend(export_id: str) -> dict[str, Any]:
+    """Move ``auto_delete_date`` by ``days`` (1..365) for ``days × export_extend_per_day_minor``.
+
+    402 when the owner's balance does not cover it and 409 when the export is already due for
+    deletion; a refusal writes nothing.
+    """
+    row = await visible_export(export_id)
+    spec = await body(ExtendIn)
+    if not MIN_DAYS <= spec.days <= MAX_DAYS:
+        raise unprocessable(
+            "days is out of range",
+            [{"field": "$.days", "message": f"must be between {MIN_DAYS} and {MAX_DAYS}"}],
+        )
+    price = spec.days * state().config.pricing.export_extend_per_day_minor
+    new_date = await _charge_and_move(row.user_id, row.id, spec.days, price, utc_now())
+    return {"new_auto_delete_date": dump(new_date)}
+
+
+async def _charge_and_move(
+    owner: UUID, export_id: UUID, days: int, price: int, now: datetime
+) -> datetime:
+    # Account lock first, then the export's: the same order as every charge, so no deadlock
+    # with submits, and the Reaper (export lock only) cannot delete what is being paid for.
+    async with state().db.transaction() as conn:
+        balance = await ledger.lock_account(conn, owner)
+        current = await exports.lock(conn, export_id)
+        if current is None:
+            raise not_found("export", export_id)
+        if current.auto_delete_date <= now:
+            raise conflict(
+                "export_expired",
+                "the export is due for deletion and can no longer be extended",
+                auto_delete_date=dump(current.auto_delete_date),
+            )
+        if balance < price:
+            raise ApiError(
+                402,
+                "insufficient_balance",
+                "the balance does not cover the price of this extension",
+                {"balance_minor": balance, "price_minor": price},
+            )
+        if price > 0:
+            note = f"export extended by {days} days"
+            await ledger.append(conn, owner, "extension", -price, export_id=export_id, note=note)
+        return await exports.move_delete_date(conn, export_id, days)
+
+
+@bp.get("/v1/exports/<export_id>/download-url")
+async def download_url(export_id: str) -> dict[str, Any]:
+    """A presigned GET for the file of ``format`` (default mp4), valid ``download_url_ttl_sec``."""
+    row = await visible_export(export_id)
+    wanted = request.args.get("format") or "mp4"
+    if not FORMAT.match(wanted):
+        raise unprocessable(
+            "query parameter format is invalid",
+            [{"field": "format", "message": "must be a file format such as mp4 or png"}],
+        )
+    files = {f.file_type: f for f in await exports.files_of(state().db, [row.id])}
+    found = files.get(wanted)
+    if found is None:
+        raise ApiError(
+            404,
+            "format_not_found",
+            f"the export has no {wanted} file",
+            {"id": str(row.id), "format": wanted, "available": sorted(files)},
+        )
+    ttl = state().config.exports.download_url_ttl_sec
+    issued = utc_now()
+    url = await state().store.presign_get(found.path, ttl)
+    return {"url": url, "expires_at": dump(issued + timedelta(seconds=ttl))}
