@@ -89,6 +89,10 @@ class JobsConfig:
     max_chunk_frames: int = 300
     # A trimmed range's holder keeps at least this many frames past the one it is rendering.
     trim_margin_frames: int = 5
+    # The Reaper deletes a finished job's segments this long after it ended, and a replica once
+    # no job of its project version ran for replica_grace_days.
+    segment_grace_hours: int = 24
+    replica_grace_days: int = 7
 
 
 @attrs.frozen
@@ -127,6 +131,8 @@ class ExportsConfig:
         factory=lambda: {"Free": 3, "Preview": 3, "Cash": 30, "Plan": 30, "Reseller": 90}
     )
     download_url_ttl_sec: int = 900
+    # Exports the Reaper deletes per transaction (it runs batches until none is due).
+    reap_batch_size: int = 100
 
 
 @attrs.frozen

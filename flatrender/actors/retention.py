@@ -1,0 +1,193 @@
+"""Retention: deleting exports (on request or when due), stale render segments and idle replicas.
+
+The rule everywhere is objects first, then rows (DESIGN §7), under the row's lock: a row exists
+as long as any of its objects may, so nothing is ever left in object storage that no row names.
+When object storage fails, the rows stay and the next attempt deletes what is left (deleting a
+missing key is not an error). Bucket lifecycle rules are not relied on.
+
+``retention_tasks`` gives the Reaper its tasks; ``delete_export`` is also the HTTP DELETE.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import trio
+
+from flatrender.actors.reaper import ReapTask
+from flatrender.config import Config
+from flatrender.persistence import cleanup, exports
+from flatrender.persistence.db import Database
+from flatrender.storage import ObjectInfo, ObjectStore, StorageError
+
+log = logging.getLogger("flatrender.retention")
+
+SEGMENTS_PREFIX = "renders/"
+
+
+async def delete_keys(store: ObjectStore, keys: Iterable[str]) -> None:
+    """Remove every key; raises the first :class:`StorageError` (the rest is not attempted)."""
+    for key in keys:
+        await store.delete(key)
+
+
+async def delete_export(db: Database, store: ObjectStore, export_id: UUID) -> bool:
+    """Delete one export now: its objects, then its rows, in one transaction holding its lock.
+
+    False when there is no such export (deleted already). Raises :class:`StorageError`
+    (``StorageUnavailable`` when storage is down): the rows are then kept, so a retry finishes.
+    """
+    async with db.transaction() as conn:
+        row = await exports.lock(conn, export_id)
+        if row is None:
+            return False
+        files = await exports.files_of(conn, [row.id])
+        await delete_keys(store, exports.object_keys(row, files))
+        await exports.delete_rows(conn, [row.id])
+    log.info("export %s deleted on request (owner %s)", row.id, row.user_id)
+    return True
+
+
+async def reap_due_exports(db: Database, store: ObjectStore, now: datetime, batch: int) -> int:
+    """Delete every export due at ``now``, ``batch`` per transaction; returns how many went.
+
+    Stops at the first batch that could not delete everything (storage failing): what is left
+    waits for the next round. Each batch commits on its own, so cancelling loses nothing.
+    """
+    removed = 0
+    while True:
+        gone, left = await _reap_export_batch(db, store, now, batch)
+        removed += gone
+        if left or gone < batch:
+            return removed
+
+
+async def _reap_export_batch(
+    db: Database, store: ObjectStore, now: datetime, batch: int
+) -> tuple[int, int]:
+    """(deleted, left behind because storage failed) for one locked batch of due exports."""
+    async with db.transaction() as conn:
+        due = await exports.lock_due(conn, now, batch)
+        if not due:
+            return 0, 0
+        files: dict[UUID, list[exports.ExportFile]] = defaultdict(list)
+        for f in await exports.files_of(conn, [row.id for row in due]):
+            files[f.export_id].append(f)
+        deleted: list[exports.ExportRow] = []
+
+        async with trio.open_nursery() as nursery:
+
+            async def remove(row: exports.ExportRow) -> None:
+                try:
+                    await delete_keys(store, exports.object_keys(row, files[row.id]))
+                except StorageError as e:
+                    log.warning("export %s not deleted, object storage failed: %s", row.id, e)
+                    nursery.cancel_scope.cancel()  # storage is failing: stop this round
+                    return
+                deleted.append(row)
+
+            for row in due:
+                nursery.start_soon(remove, row)
+        await exports.delete_rows(conn, [row.id for row in deleted])
+    for row in deleted:
+        log.info(
+            "export %s deleted: due %s (owner %s)",
+            row.id,
+            row.auto_delete_date.isoformat(),
+            row.user_id,
+        )
+    return len(deleted), len(due) - len(deleted)
+
+
+async def reap_segments(db: Database, store: ObjectStore, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` render outputs no job needs since before ``cutoff``.
+
+    An output is stale when its job is terminal since before ``cutoff``, or when no job row
+    names it and the object is older than ``cutoff``. Segments have no rows of their own (the
+    frame ranges stay as history), so the count is of objects.
+    """
+    by_job: dict[UUID, list[ObjectInfo]] = defaultdict(list)
+    for obj in await store.list_prefix(SEGMENTS_PREFIX):
+        job_id = _job_of(obj.key)
+        if job_id is not None:
+            by_job[job_id].append(obj)
+    if not by_job:
+        return 0
+    ends = await cleanup.job_ends(db, list(by_job))
+    stale: list[str] = []
+    for job_id, objects in by_job.items():
+        end = ends.get(job_id)
+        if end is None:
+            stale += [o.key for o in objects if _older(o, cutoff)]
+        elif end.done_at is not None and end.done_at < cutoff:
+            stale += [o.key for o in objects]
+    stale = stale[:limit]
+    await delete_keys(store, stale)
+    if stale:
+        log.info("deleted %d stale render outputs (first %s)", len(stale), stale[0])
+    return len(stale)
+
+
+def _job_of(key: str) -> UUID | None:
+    """The job id in ``renders/{job_id}/...``; None for a key of another shape (left alone)."""
+    parts = key[len(SEGMENTS_PREFIX) :].split("/", 1)
+    if len(parts) != 2:
+        return None
+    try:
+        return UUID(parts[0])
+    except ValueError:
+        return None
+
+
+def _older(obj: ObjectInfo, cutoff: datetime) -> bool:
+    return obj.last_modified is not None and obj.last_modified < cutoff
+
+
+async def reap_replicas(db: Database, store: ObjectStore, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` replicas no job used since ``cutoff``: objects, then rows."""
+    async with db.transaction() as conn:
+        idle = await cleanup.lock_idle_replicas(conn, cutoff, limit)
+        deleted: list[cleanup.IdleReplica] = []
+        try:
+            for replica in idle:
+                await store.delete(replica.storage_key)
+                deleted.append(replica)
+        except StorageError as e:
+            log.warning("replica deletion stopped, object storage failed: %s", e)
+        await cleanup.delete_replicas(conn, deleted)
+    for replica in deleted:
+        log.info(
+            "replica %s deleted (project %s version %d)",
+            replica.storage_key,
+            replica.saved_project_id,
+            replica.project_version,
+        )
+    return len(deleted)
+
+
+def retention_tasks(db: Database, store: ObjectStore, config: Config) -> list[ReapTask]:
+    """The Reaper's object-storage tasks: due exports, stale segments, idle replicas."""
+    batch = config.exports.reap_batch_size
+    segment_grace = timedelta(hours=config.jobs.segment_grace_hours)
+    replica_grace = timedelta(days=config.jobs.replica_grace_days)
+    if batch < 1 or segment_grace <= timedelta(0) or replica_grace <= timedelta(0):
+        raise ValueError("need reap_batch_size >= 1 and positive grace periods")
+
+    async def due_exports(now: datetime) -> int:
+        return await reap_due_exports(db, store, now, batch)
+
+    async def segments(now: datetime) -> int:
+        return await reap_segments(db, store, now - segment_grace, batch * 10)
+
+    async def replicas(now: datetime) -> int:
+        return await reap_replicas(db, store, now - replica_grace, batch)
+
+    return [
+        ReapTask("exports_expired", due_exports),
+        ReapTask("render_segments", segments),
+        ReapTask("replicas", replicas),
+    ]
