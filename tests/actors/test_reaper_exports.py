@@ -15,6 +15,7 @@ import pytest
 from flatrender.actors import retention
 from flatrender.actors.reaper import Reaper, ReapTask
 from flatrender.actors.retention import retention_tasks
+from flatrender.actors.system import ActorSystem
 from flatrender.config import Config, ExportsConfig, JobsConfig
 from flatrender.persistence import exports
 from flatrender.persistence.db import Database
@@ -314,3 +315,8 @@ def test_retention_tasks_reject_nonsense(config: Config) -> None:
         retention_tasks(None, None, attrs.evolve(config, exports=ExportsConfig(reap_batch_size=0)))  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         retention_tasks(None, None, attrs.evolve(config, jobs=JobsConfig(segment_grace_hours=0)))  # type: ignore[arg-type]
+
+
+async def test_the_actor_systems_reaper_runs_the_retention_tasks(actor_system: ActorSystem) -> None:
+    removed = actor_system.reaper.statistics().removed
+    assert {"exports_expired", "render_segments", "replicas"} <= set(removed)

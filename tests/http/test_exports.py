@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -13,7 +14,10 @@ import httpx
 import pytest
 import trio
 
+from flatrender.actors.reaper import Reaper
+from flatrender.actors.retention import retention_tasks
 from flatrender.config import Config, PricingConfig
+from flatrender.embedded import EmbeddedS3
 from flatrender.http.app import create_app
 from flatrender.http.common import AppState
 from flatrender.persistence import exports, ledger
@@ -209,6 +213,16 @@ async def test_list_shows_own_exports_newest_first_with_paging(
     }
     bad = await api.get("/v1/exports?page=x", headers=bearer(tokens.user))
     await error_of(bad, 422, "validation_failed")
+
+
+async def test_a_service_cannot_list_and_an_admin_lists_only_their_own(
+    api: Any, app_state: AppState, db: Database, tokens: Tokens
+) -> None:
+    await make_export(db, app_state.store, tokens.user_id)
+    service = await api.get("/v1/exports", headers=bearer(tokens.service))
+    await error_of(service, 403, "forbidden")
+    admin = await (await api.get("/v1/exports", headers=bearer(tokens.admin))).get_json()
+    assert admin["data"] == [] and admin["meta"]["total"] == 0
 
 
 async def test_detail_lists_every_file_for_owner_and_admin(
@@ -410,3 +424,49 @@ async def test_concurrent_extensions_serialise_on_the_account(
     stored = await exports.get(db, row.id)
     assert stored is not None
     assert stored.auto_delete_date == row.auto_delete_date + timedelta(days=8)
+
+
+# ------------------------------------------------------------------ a real S3 outage
+
+
+@pytest.fixture
+def own_s3(tmp_path: Path) -> Iterator[EmbeddedS3]:
+    """An S3 server of this test's own, so stopping it disturbs no other test."""
+    with EmbeddedS3(tmp_path / "s3", bucket="outage-test") as server:
+        yield server
+
+
+@pytest.mark.slow
+async def test_s3_stopped_mid_test_gives_503_and_nothing_is_lost_once_it_is_back(
+    config: Config, db: Database, tokens: Tokens, own_s3: EmbeddedS3
+) -> None:
+    cfg = attrs.evolve(config, s3=own_s3.s3_config())
+    state = AppState(config=cfg, db=db, store=MinioStore(cfg.s3))
+    kept = await make_export(db, state.store, tokens.user_id)
+    due = await make_export(db, state.store, tokens.user_id, keep=timedelta(seconds=-1))
+    reaper = Reaper(retention_tasks(db, state.store, cfg))
+    app = create_app(state)
+    async with app.test_app() as test_app:
+        api = test_app.test_client()
+        await trio.to_thread.run_sync(own_s3.stop)
+        try:
+            response = await api.delete(f"/v1/exports/{kept.id}", headers=bearer(tokens.user))
+            await error_of(response, 503, "storage_unavailable")
+            assert (await reaper.run_once()).get("exports_expired", 0) == 0
+            # Urls are signed locally: still answered while storage is down.
+            url = await api.get(f"/v1/exports/{kept.id}/download-url", headers=bearer(tokens.user))
+            assert url.status_code == 200
+        finally:
+            await trio.to_thread.run_sync(own_s3.start)
+        assert own_s3.s3_config().endpoint == cfg.s3.endpoint, "restarted on other ports"
+        for row in (kept, due):
+            assert await exports.get(db, row.id) == row
+            assert await state.store.get_bytes(row.path) == VIDEO
+        assert (await http_get((await url.get_json())["url"])).content == VIDEO
+
+        assert (await reaper.run_once())["exports_expired"] == 1
+        response = await api.delete(f"/v1/exports/{kept.id}", headers=bearer(tokens.user))
+        assert response.status_code == 204
+    for row in (kept, due):
+        assert await exports.get(db, row.id) is None
+        assert await state.store.list_prefix(f"exports/{row.id}/") == []
