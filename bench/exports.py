@@ -12,8 +12,9 @@ Everything is real: embedded PostgreSQL and S3, ``flatrender serve`` as a subpro
 1. download-url: one export (video and thumbnail objects in S3, rows in PostgreSQL) owned by a
    user; ``--requests`` ``GET /v1/exports/{id}/download-url`` with the user's JWT, one after
    the other on one keep-alive connection (latency p50/p99), then the same number spread over
-   ``--connections`` concurrent connections (throughput and latency under load). One of the
-   urls is downloaded to check it gives the exact bytes.
+   ``--connections`` concurrent connections (throughput and latency under load); then the same
+   on ``GET /livez`` (no database, no auth) as the reference for the HTTP stack and this
+   client. One of the urls is downloaded to check it gives the exact bytes.
 2. reaper: the daemon is stopped; ``--exports`` exports, already due, with two objects each, are
    stored (rows in one transaction, objects through the minio client); then the Reaper's own
    task (``retention.reap_due_exports``, batches of ``[exports] reap_batch_size``) deletes them
@@ -156,8 +157,14 @@ async def download_url_phase(
         await sequential(client, path, min(50, args.requests))  # warm-up
         seq, seq_s = await sequential(client, path, args.requests)
         con, con_s = await concurrent(client, path, args.requests, args.connections)
+        # The same client on a trivial endpoint of the same app: the HTTP stack and client's own
+        # share of the figures above.
+        live, live_s = await sequential(client, "/livez", args.requests)
+        live_con, live_con_s = await concurrent(client, "/livez", args.requests, args.connections)
     print(latency_line("download-url, 1 connection", seq, seq_s))
     print(latency_line(f"download-url, {args.connections} connections", con, con_s))
+    print(latency_line("/livez, 1 connection", live, live_s))
+    print(latency_line(f"/livez, {args.connections} connections", live_con, live_con_s))
     print("presigned url downloads the exact bytes: yes")
 
 

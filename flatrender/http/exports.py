@@ -136,23 +136,26 @@ async def _charge_and_move(
 @bp.get("/v1/exports/<export_id>/download-url")
 async def download_url(export_id: str) -> dict[str, Any]:
     """A presigned GET for the file of ``format`` (default mp4), valid ``download_url_ttl_sec``."""
-    row = await visible_export(export_id)
+    principal = caller()
+    eid = path_uuid("export_id", export_id)
     wanted = request.args.get("format") or "mp4"
     if not FORMAT.match(wanted):
         raise unprocessable(
             "query parameter format is invalid",
             [{"field": "format", "message": "must be a file format such as mp4 or png"}],
         )
-    files = {f.file_type: f for f in await exports.files_of(state().db, [row.id])}
-    found = files.get(wanted)
-    if found is None:
+    target = await exports.download_target(state().db, eid, wanted)
+    if target is None:
+        raise not_found("export", eid)
+    require_owner(principal, target.user_id, "export", eid)
+    if target.key is None:
         raise ApiError(
             404,
             "format_not_found",
             f"the export has no {wanted} file",
-            {"id": str(row.id), "format": wanted, "available": sorted(files)},
+            {"id": str(eid), "format": wanted, "available": list(target.formats)},
         )
     ttl = state().config.exports.download_url_ttl_sec
     issued = utc_now()
-    url = await state().store.presign_get(found.path, ttl)
+    url = await state().store.presign_get(target.key, ttl)
     return {"url": url, "expires_at": dump(issued + timedelta(seconds=ttl))}

@@ -134,9 +134,7 @@ VALUES ({", ".join(f"${i}" for i in range(1, len(FILE_FIELDS) + 1))})
 """
 
 
-async def insert(
-    db: Database, rows: Sequence[ExportRow], files: Sequence[ExportFile] = ()
-) -> None:
+async def insert(db: Database, rows: Sequence[ExportRow], files: Sequence[ExportFile] = ()) -> None:
     """Store exports made elsewhere (imports, tests, benchmarks) in one transaction."""
     async with db.transaction() as conn:
         await conn.executemany(INSERT_ROW, [attrs.astuple(r) for r in rows])
@@ -184,6 +182,32 @@ async def lock(conn: Connection, export_id: UUID) -> ExportRow | None:
 async def files_of(db: Database | Connection, export_ids: Sequence[UUID]) -> list[ExportFile]:
     """The files of these exports, grouped by export, formats in name order."""
     return [file_from(r) for r in await db.fetch(FILES_OF, list(export_ids))]
+
+
+@attrs.frozen
+class DownloadTarget:
+    """What a download url needs: whose export, the key of the wanted format (if it has one)."""
+
+    user_id: UUID
+    key: str | None
+    formats: tuple[str, ...]
+
+
+# One round trip: download urls are the hot read (a person waits for each).
+DOWNLOAD_TARGET = """
+SELECT e.user_id, f.path,
+       ARRAY(SELECT file_type FROM export_files WHERE export_id = e.id ORDER BY 1) AS formats
+FROM exports e LEFT JOIN export_files f ON f.export_id = e.id AND f.file_type = $2
+WHERE e.id = $1
+"""
+
+
+async def download_target(db: Database, export_id: UUID, file_type: str) -> DownloadTarget | None:
+    """None when there is no such export."""
+    record = await db.fetchrow(DOWNLOAD_TARGET, export_id, file_type)
+    if record is None:
+        return None
+    return DownloadTarget(record["user_id"], record["path"], tuple(record["formats"]))
 
 
 # ------------------------------------------------------------------ writes
