@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -110,8 +110,13 @@ async def reap_segments(db: Database, store: ObjectStore, cutoff: datetime, limi
     names it and the object is older than ``cutoff``. Segments have no rows of their own (the
     frame ranges stay as history), so the count is of objects.
     """
+    try:
+        listed = await store.list_prefix(SEGMENTS_PREFIX)
+    except StorageError as e:
+        log.warning("render outputs not reaped, object storage failed: %s", e)
+        return 0
     by_job: dict[UUID, list[ObjectInfo]] = defaultdict(list)
-    for obj in await store.list_prefix(SEGMENTS_PREFIX):
+    for obj in listed:
         job_id = _job_of(obj.key)
         if job_id is not None:
             by_job[job_id].append(obj)
@@ -125,11 +130,16 @@ async def reap_segments(db: Database, store: ObjectStore, cutoff: datetime, limi
             stale += [o.key for o in objects if _older(o, cutoff)]
         elif end.done_at is not None and end.done_at < cutoff:
             stale += [o.key for o in objects]
-    stale = stale[:limit]
-    await delete_keys(store, stale)
-    if stale:
-        log.info("deleted %d stale render outputs (first %s)", len(stale), stale[0])
-    return len(stale)
+    deleted = 0
+    try:
+        for key in stale[:limit]:
+            await store.delete(key)
+            deleted += 1
+    except StorageError as e:
+        log.warning("render output deletion stopped, object storage failed: %s", e)
+    if deleted:
+        log.info("deleted %d stale render outputs (first %s)", deleted, stale[0])
+    return deleted
 
 
 def _job_of(key: str) -> UUID | None:
@@ -169,22 +179,36 @@ async def reap_replicas(db: Database, store: ObjectStore, cutoff: datetime, limi
     return len(deleted)
 
 
-def retention_tasks(db: Database, store: ObjectStore, config: Config) -> list[ReapTask]:
-    """The Reaper's object-storage tasks: due exports, stale segments, idle replicas."""
-    batch = config.exports.reap_batch_size
-    segment_grace = timedelta(hours=config.jobs.segment_grace_hours)
-    replica_grace = timedelta(days=config.jobs.replica_grace_days)
-    if batch < 1 or segment_grace <= timedelta(0) or replica_grace <= timedelta(0):
-        raise ValueError("need reap_batch_size >= 1 and positive grace periods")
+def retention_tasks(
+    db: Database, store: ObjectStore, config: Callable[[], Config]
+) -> list[ReapTask]:
+    """The Reaper's object-storage tasks: due exports, stale segments, idle replicas.
+
+    Batch size and grace periods are read from ``config()`` every round (SIGHUP applies).
+    """
+
+    def limits() -> tuple[int, timedelta, timedelta]:
+        cfg = config()
+        batch = cfg.exports.reap_batch_size
+        segment_grace = timedelta(hours=cfg.jobs.segment_grace_hours)
+        replica_grace = timedelta(days=cfg.jobs.replica_grace_days)
+        if batch < 1 or segment_grace <= timedelta(0) or replica_grace <= timedelta(0):
+            raise ValueError("need reap_batch_size >= 1 and positive grace periods")
+        return batch, segment_grace, replica_grace
+
+    limits()  # refuse nonsense at start-up, not a minute later
 
     async def due_exports(now: datetime) -> int:
+        batch, _, _ = limits()
         return await reap_due_exports(db, store, now, batch)
 
     async def segments(now: datetime) -> int:
-        return await reap_segments(db, store, now - segment_grace, batch * 10)
+        batch, grace, _ = limits()
+        return await reap_segments(db, store, now - grace, batch * 10)
 
     async def replicas(now: datetime) -> int:
-        return await reap_replicas(db, store, now - replica_grace, batch)
+        batch, _, grace = limits()
+        return await reap_replicas(db, store, now - grace, batch)
 
     return [
         ReapTask("exports_expired", due_exports),

@@ -92,7 +92,7 @@ class ActorSystem:
         self.rollout = RolloutActor(db, self.fleet, store, config, clock)
         self.reaper = Reaper(
             health_tasks(db, config().nodes.health_retention_days)
-            + retention_tasks(db, store, config()),
+            + retention_tasks(db, store, config),
             now=clock,
             interval_sec=60.0,
         )

@@ -54,7 +54,7 @@ def store(config: Config) -> MinioStore:
 
 def tasks(db: Database, store: Any, config: Config, batch: int = 100) -> list[ReapTask]:
     cfg = attrs.evolve(config, exports=ExportsConfig(reap_batch_size=batch))
-    return retention_tasks(db, store, cfg)
+    return retention_tasks(db, store, lambda: cfg)
 
 
 async def due_export(db: Database, store: ObjectStore, due: datetime) -> exports.ExportRow:
@@ -310,11 +310,15 @@ async def test_replica_rows_stay_while_storage_is_down(
     assert await present(store, [key]) == [False]
 
 
-def test_retention_tasks_reject_nonsense(config: Config) -> None:
+async def test_retention_tasks_reject_nonsense(
+    db: Database, store: MinioStore, config: Config
+) -> None:
+    no_batch = attrs.evolve(config, exports=ExportsConfig(reap_batch_size=0))
+    no_grace = attrs.evolve(config, jobs=JobsConfig(segment_grace_hours=0))
     with pytest.raises(ValueError):
-        retention_tasks(None, None, attrs.evolve(config, exports=ExportsConfig(reap_batch_size=0)))  # type: ignore[arg-type]
+        retention_tasks(db, store, lambda: no_batch)
     with pytest.raises(ValueError):
-        retention_tasks(None, None, attrs.evolve(config, jobs=JobsConfig(segment_grace_hours=0)))  # type: ignore[arg-type]
+        retention_tasks(db, store, lambda: no_grace)
 
 
 async def test_the_actor_systems_reaper_runs_the_retention_tasks(actor_system: ActorSystem) -> None:

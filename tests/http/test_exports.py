@@ -444,7 +444,7 @@ async def test_s3_stopped_mid_test_gives_503_and_nothing_is_lost_once_it_is_back
     state = AppState(config=cfg, db=db, store=MinioStore(cfg.s3))
     kept = await make_export(db, state.store, tokens.user_id)
     due = await make_export(db, state.store, tokens.user_id, keep=timedelta(seconds=-1))
-    reaper = Reaper(retention_tasks(db, state.store, cfg))
+    reaper = Reaper(retention_tasks(db, state.store, lambda: cfg))
     app = create_app(state)
     async with app.test_app() as test_app:
         api = test_app.test_client()
