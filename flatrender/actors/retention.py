@@ -27,6 +27,7 @@ from flatrender.storage import ObjectInfo, ObjectStore, StorageError
 log = logging.getLogger("flatrender.retention")
 
 SEGMENTS_PREFIX = "renders/"
+REPLICAS_PREFIX = "replicas/"
 
 
 async def delete_keys(store: ObjectStore, keys: Iterable[str]) -> None:
@@ -158,7 +159,11 @@ def _older(obj: ObjectInfo, cutoff: datetime) -> bool:
 
 
 async def reap_replicas(db: Database, store: ObjectStore, cutoff: datetime, limit: int) -> int:
-    """Delete up to ``limit`` replicas no job used since ``cutoff``: objects, then rows."""
+    """Delete up to ``limit`` replicas no job used since ``cutoff``: objects, then rows.
+
+    Then up to ``limit`` replica objects older than ``cutoff`` that no row names (a build whose
+    job failed before it was recorded, a project deleted from the catalog). Counts objects.
+    """
     async with db.transaction() as conn:
         idle = await cleanup.lock_idle_replicas(conn, cutoff, limit)
         deleted: list[cleanup.IdleReplica] = []
@@ -176,7 +181,23 @@ async def reap_replicas(db: Database, store: ObjectStore, cutoff: datetime, limi
             replica.saved_project_id,
             replica.project_version,
         )
-    return len(deleted)
+    return len(deleted) + await _reap_unrecorded_replicas(db, store, cutoff, limit)
+
+
+async def _reap_unrecorded_replicas(
+    db: Database, store: ObjectStore, cutoff: datetime, limit: int
+) -> int:
+    deleted = 0
+    try:
+        old = [o.key for o in await store.list_prefix(REPLICAS_PREFIX) if _older(o, cutoff)]
+        known = await cleanup.known_replica_keys(db, old) if old else set()
+        for key in [k for k in old if k not in known][:limit]:
+            await store.delete(key)
+            deleted += 1
+            log.info("replica %s deleted: no replica row names it", key)
+    except StorageError as e:
+        log.warning("unrecorded replicas not reaped, object storage failed: %s", e)
+    return deleted
 
 
 def retention_tasks(

@@ -73,3 +73,11 @@ DELETE_REPLICA = "DELETE FROM replicas WHERE saved_project_id = $1 AND project_v
 async def delete_replicas(conn: Connection, replicas: Sequence[IdleReplica]) -> None:
     for r in replicas:
         await conn.execute(DELETE_REPLICA, r.saved_project_id, r.project_version)
+
+
+KNOWN_REPLICA_KEYS = "SELECT storage_key FROM replicas WHERE storage_key = ANY($1::text[])"
+
+
+async def known_replica_keys(db: Database, keys: Sequence[str]) -> set[str]:
+    """The keys among ``keys`` that a replica row names."""
+    return {r["storage_key"] for r in await db.fetch(KNOWN_REPLICA_KEYS, list(keys))}

@@ -295,11 +295,28 @@ async def test_replicas_go_once_no_job_of_their_version_ran_within_the_grace(
     unused = await add_replica(db, store, project, 4)  # built, never rendered: idle as well
 
     reaper = Reaper(tasks(db, store, config), now=lambda: NOW)
-    assert (await reaper.run_once())["replicas"] == 2
+    assert (await reaper.run_once())["replicas"] >= 2  # with other tests' unrecorded leftovers
 
     assert await present(store, [idle, unused]) == [False, False]
     assert await present(store, [in_use, recent]) == [True, True]
     assert await replica_rows(db, project) == [2, 3]
+
+
+async def test_replica_objects_no_row_names_go_after_the_grace(
+    db: Database, store: MinioStore
+) -> None:
+    project = await make_project(db, uuid4())
+    recorded = await add_replica(db, store, project, 1)
+    await add_job(db, project, "Rendering", None, version=1)
+    unrecorded = f"replicas/{project}/2.aep"
+    await store.put_bytes(unrecorded, b"aep")
+    real_now = datetime.now(UTC)
+    # Younger than the cut-off's grace: kept (a node may be uploading it for a Preparing job).
+    await retention.reap_replicas(db, store, real_now - timedelta(days=1), 100)
+    assert await present(store, [recorded, unrecorded]) == [True, True]
+    assert await retention.reap_replicas(db, store, real_now + timedelta(days=1), 100) >= 1
+    assert await present(store, [recorded, unrecorded]) == [True, False]
+    assert await replica_rows(db, project) == [1]
 
 
 async def test_replica_rows_stay_while_storage_is_down(
@@ -310,7 +327,7 @@ async def test_replica_rows_stay_while_storage_is_down(
     cutoff = NOW - timedelta(days=1)
     assert await retention.reap_replicas(db, unreachable_store(config), cutoff, 10) == 0
     assert await replica_rows(db, project) == [1]
-    assert await retention.reap_replicas(db, store, cutoff, 10) == 1
+    assert await retention.reap_replicas(db, store, cutoff, 10) >= 1  # others' leftovers too
     assert await replica_rows(db, project) == []
     assert await present(store, [key]) == [False]
 
