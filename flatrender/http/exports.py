@@ -138,7 +138,7 @@ async def download_url(export_id: str) -> dict[str, Any]:
     """A presigned GET for the file of ``format`` (default mp4), valid ``download_url_ttl_sec``."""
     principal = caller()
     eid = path_uuid("export_id", export_id)
-    wanted = request.args.get("format") or "mp4"
+    wanted = (request.args.get("format") or "mp4").lower()
     if not FORMAT.match(wanted):
         raise unprocessable(
             "query parameter format is invalid",

@@ -260,7 +260,7 @@ async def test_download_url_gets_the_exact_bytes_until_the_export_is_deleted(
     assert f"X-Amz-Expires={ttl}" in answer["url"]
     assert (await http_get(answer["url"])).content == VIDEO
     png = await (
-        await api.get(f"/v1/exports/{row.id}/download-url?format=png", headers=bearer(tokens.user))
+        await api.get(f"/v1/exports/{row.id}/download-url?format=PNG", headers=bearer(tokens.user))
     ).get_json()
     assert (await http_get(png["url"])).content == THUMBNAIL
 
