@@ -3,9 +3,11 @@
 Job ``step``: ``Queued → Preparing`` (the replica must be built: ``ReplicaMissing``) or
 ``Queued → Rendering`` (it exists: ``ReplicaAvailable``); ``Preparing → Rendering`` on
 ``ReplicaBuilt``; ``Rendering → Merging`` when every current range is ``Validated``;
-``Merging → Completed`` once the export is recorded. Any non-terminal step goes to ``Failed``
-(replica failure, a range past ``max_attempts``, merge failure, ``Abort``) with a full refund, or
-to ``Cancelled`` (user) with a refund of the frames not yet validated.
+``Merging → Completed`` once the export is recorded; a snapshot's job skips Merging:
+``Rendering → Completed`` when its one PNG is validated (``CacheSnapshot``). Any non-terminal
+step goes to ``Failed`` (replica failure, a range past ``max_attempts``, merge failure,
+``Abort``) with a full refund, or to ``Cancelled`` (user) with a refund of the frames not yet
+validated; a snapshot's job then fails its snapshot (``FailSnapshot``).
 
 Frame range (FrameJob) ``status``: ``Pending → Assigned`` (scheduler) ``→ Rendering`` (a frame
 reported) ``→ Rendered`` (the last frame reported: the node uploaded the output) ``→ Validated``
@@ -103,6 +105,8 @@ class JobState:
     export_id: UUID | None = None
     failed_message: str | None = None
     repair_attempts: int = 0  # ResetAndRestart verdicts
+    # A snapshot's job: its one validated PNG completes it (no merge) and caches the snapshot.
+    snapshot: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -184,6 +188,9 @@ class OutputValidated:
     range_id: UUID
     ok: bool
     error: str | None = None
+    # The picture's size, for a snapshot's PNG.
+    width: int | None = None
+    height: int | None = None
 
 
 @attrs.frozen
@@ -326,6 +333,24 @@ class AbortMerge:
 
 
 @attrs.frozen
+class SnapshotRendering:
+    """The snapshot this job renders is now ``Rendering``."""
+
+
+@attrs.frozen
+class CacheSnapshot:
+    """The snapshot's image (and its thumbnail) are stored: it becomes ``Cached``."""
+
+    width: int
+    height: int
+
+
+@attrs.frozen
+class FailSnapshot:
+    message: str
+
+
+@attrs.frozen
 class RefundFull:
     amount_minor: int
     reason: str
@@ -362,6 +387,9 @@ Effect = (
     | NodeSucceeded
     | StartMerge
     | AbortMerge
+    | SnapshotRendering
+    | CacheSnapshot
+    | FailSnapshot
     | RefundFull
     | RefundCancelShare
     | Log

@@ -28,12 +28,14 @@ import attrs
 
 from flatrender.domain.job_model import Abort as Abort
 from flatrender.domain.job_model import AbortMerge as AbortMerge
+from flatrender.domain.job_model import CacheSnapshot as CacheSnapshot
 from flatrender.domain.job_model import CancelRender as CancelRender
 from flatrender.domain.job_model import CancelRequested as CancelRequested
 from flatrender.domain.job_model import CrashDecided as CrashDecided
 from flatrender.domain.job_model import Decision as Decision
 from flatrender.domain.job_model import Effect as Effect
 from flatrender.domain.job_model import ExportRecorded as ExportRecorded
+from flatrender.domain.job_model import FailSnapshot as FailSnapshot
 from flatrender.domain.job_model import FrameReported as FrameReported
 from flatrender.domain.job_model import JobEvent as JobEvent
 from flatrender.domain.job_model import JobPolicy as JobPolicy
@@ -61,6 +63,7 @@ from flatrender.domain.job_model import RequeueRange as RequeueRange
 from flatrender.domain.job_model import SendPrepareReplica as SendPrepareReplica
 from flatrender.domain.job_model import SendRenderFrames as SendRenderFrames
 from flatrender.domain.job_model import SendTrimRange as SendTrimRange
+from flatrender.domain.job_model import SnapshotRendering as SnapshotRendering
 from flatrender.domain.job_model import StartMerge as StartMerge
 from flatrender.domain.job_model import Trim as Trim
 from flatrender.domain.job_model import TrimmedTail as TrimmedTail
@@ -198,6 +201,8 @@ def _start_rendering(
         state, step=J.RENDERING, replica_key=key, replica_node_id=None, ranges=ranges
     )
     effects: list[Effect] = [QueueRange(r) for r in ranges]
+    if state.snapshot:
+        effects.append(SnapshotRendering())
     effects.append(Log("info", f"{why}: rendering in {len(ranges)} ranges"))
     return Decision(new, tuple(effects))
 
@@ -297,7 +302,11 @@ def _output_validated(state: JobState, ev: OutputValidated, policy: JobPolicy) -
         return _requeue(state, [r], f"output validation failed: {error}", policy)
     new = _with(state, attrs.evolve(r, status=R.VALIDATED))
     effects: list[Effect] = [NodeSucceeded(r.node_id), Log("info", f"{_frames(r)} validated")]
-    if all(c.status is R.VALIDATED for c in new.current_ranges):
+    if all(c.status is R.VALIDATED for c in new.current_ranges) and state.snapshot:
+        # No merge: the one PNG is the snapshot's image (its thumbnail is already stored).
+        new = attrs.evolve(new, step=J.COMPLETED)
+        effects += [CacheSnapshot(ev.width or 0, ev.height or 0), Log("info", "snapshot cached")]
+    elif all(c.status is R.VALIDATED for c in new.current_ranges):
         order = tuple(c.id for c in sorted(new.current_ranges, key=lambda c: c.order_value))
         new = attrs.evolve(new, step=J.MERGING)
         effects += [StartMerge(order), Log("info", "every range validated: merging")]
@@ -410,6 +419,8 @@ def _fail_job(state: JobState, message: str) -> Decision:
     new, effects = _close(state, J.FAILED, "the job failed")
     if state.paid_minor > 0:
         effects.append(RefundFull(state.paid_minor, message))
+    if state.snapshot:
+        effects.append(FailSnapshot(message))
     effects.append(Log("error", f"the job failed: {message}"))
     return Decision(attrs.evolve(new, failed_message=message), tuple(effects))
 
@@ -420,5 +431,7 @@ def _cancel(state: JobState, reason: str) -> Decision:
     refund = cancel_refund(state.paid_minor, state.total_frames, rendered)
     if refund > 0:
         effects.append(RefundCancelShare(refund, rendered, state.total_frames))
+    if state.snapshot:
+        effects.append(FailSnapshot(f"cancelled: {reason}"))
     effects.append(Log("info", f"the job was cancelled: {reason}"))
     return Decision(new, tuple(effects))
