@@ -17,10 +17,7 @@ from flatrender.http.errors import not_implemented
 from flatrender.http.openapi import contract_operations
 
 # Which issue brings each family of operations still unserved (path prefix).
-OWNER_ISSUES = (
-    ("/v1/snapshots", 5),
-    ("/v1/exports", 5),
-)
+OWNER_ISSUES = (("/v1/exports", 5),)
 
 
 def owner_issue(path: str) -> int:
