@@ -22,7 +22,7 @@ from flatrender.actors.job import JobDeps
 from flatrender.actors.jobs import JobSystem
 from flatrender.actors.merger import Merger
 from flatrender.actors.node import NodeDeps
-from flatrender.actors.reaper import Reaper, health_tasks
+from flatrender.actors.reaper import Reaper, health_tasks, snapshot_tasks
 from flatrender.actors.rollout import RolloutActor
 from flatrender.actors.scheduler import Scheduler
 from flatrender.actors.supervisor import ChildSpec, RestartPolicy, Supervisor
@@ -90,7 +90,9 @@ class ActorSystem:
         self.scheduler = Scheduler(db, self.jobs, config)
         self.rollout = RolloutActor(db, self.fleet, store, config, clock)
         self.reaper = Reaper(
-            health_tasks(db, config().nodes.health_retention_days), now=clock, interval_sec=60.0
+            [*health_tasks(db, config().nodes.health_retention_days), *snapshot_tasks(db, store)],
+            now=clock,
+            interval_sec=60.0,
         )
         self._scope = trio.CancelScope()
         self._done = trio.Event()
