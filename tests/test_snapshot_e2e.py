@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from flatrender import media
+from flatrender.agent import render
 from flatrender.config import Config
 from flatrender.daemon import Daemon
 from flatrender.persistence.db import Database
@@ -69,6 +70,8 @@ async def test_uncached_snapshot_is_rendered_by_a_node_then_answered_from_cache(
                 local.write_bytes(image.content)
                 info = media.probe_png(local)
                 assert (info.width, info.height) == (done["width"], done["height"])
+                # The size the simulated node renders this project at (its video frames too).
+                assert (info.width, info.height) == (render.FRAME_WIDTH, render.FRAME_HEIGHT)
                 assert media.decode_frame_signatures(local) == [FRAME]  # that very frame
                 thumbnail = await http.get(done["thumbnail_url"])
                 assert thumbnail.status_code == 200
