@@ -7,6 +7,7 @@ second identical request is answered from cache at once (issue 5).
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -63,7 +64,11 @@ async def test_uncached_snapshot_is_rendered_by_a_node_then_answered_from_cache(
                     60,
                 )
                 assert done["status"] == "Cached", done
-                assert done["duration_ms"] > 0 and done["completed_at"]
+                took = datetime.fromisoformat(done["completed_at"]) - datetime.fromisoformat(
+                    done["requested_at"]
+                )
+                assert abs(done["duration_ms"] - took / timedelta(milliseconds=1)) <= 1
+                assert done["duration_ms"] > 0
                 image = await http.get(done["image_url"])
                 assert image.status_code == 200
                 local = tmp_path / "snapshot.png"

@@ -60,11 +60,6 @@ def is_fresh(status: SnapshotStatus, expires: datetime, now: datetime) -> bool:
     return status is SnapshotStatus.CACHED and expires > now
 
 
-def duration_ms(requested_at: datetime, cached_at: datetime) -> int:
-    """Request to cached image, in whole milliseconds (never negative)."""
-    return max(0, int((cached_at - requested_at) / timedelta(milliseconds=1)))
-
-
 def url_ttl_sec(default_ttl_sec: int, expires: datetime, now: datetime) -> int:
     """A presigned url lives ``default_ttl_sec`` but never past the snapshot (at least 1 s)."""
     left = int((expires - now).total_seconds())
