@@ -51,6 +51,23 @@ def frame_errors(
     return []
 
 
+class Verdict(enum.Enum):
+    """What a request does with the live snapshot of its key (if any)."""
+
+    HIT = "hit"  # a fresh cached image: answer it, touch nothing else
+    SHARE = "share"  # a render of this key is under way: answer that snapshot
+    EXPIRED = "expired"  # a cached image past its expiry: remove it, then render again
+    MISS = "miss"  # nothing live: render (or share a render that wins the key meanwhile)
+
+
+def verdict(status: SnapshotStatus | None, expires: datetime | None, now: datetime) -> Verdict:
+    if status is None or expires is None or status is SnapshotStatus.FAILED:
+        return Verdict.MISS
+    if status is not SnapshotStatus.CACHED:
+        return Verdict.SHARE
+    return Verdict.HIT if is_fresh(status, expires, now) else Verdict.EXPIRED
+
+
 def expires_at(now: datetime, expiry_hours: int) -> datetime:
     return now + timedelta(hours=max(0, expiry_hours))
 

@@ -2,7 +2,8 @@
 
 ``POST /v1/snapshots`` reads the project, the scene and the live snapshot of the key in one
 indexed query (:func:`flatrender.persistence.snapshots.lookup`). A fresh cached image is answered
-at once (202 ``Cached`` with presigned urls) without touching the job system. Otherwise one
+at once (202 ``Cached`` with presigned urls) without touching the job system, and a render under
+way for the key is answered as it stands (202 ``Pending``/``Rendering``). Otherwise one
 transaction, under the account's lock, inserts the snapshot (``ON CONFLICT DO NOTHING`` on the
 live-key index: a concurrent identical request shares the winner's row), its render job (same
 id; kind and price type ``Snapshot``, one frame, PNG) and any charge; the job's actor is started
@@ -73,10 +74,14 @@ async def request_snapshot() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise unprocessable("the frame is not in the scene", errors)
     now = utc_now()
     live = found.live
-    if live is not None and snap.SnapshotStatus(live.status) is snap.SnapshotStatus.CACHED:
-        if snap.is_fresh(snap.SnapshotStatus.CACHED, live.expires_at, now):
+    status = None if live is None else snap.SnapshotStatus(live.status)
+    match snap.verdict(status, None if live is None else live.expires_at, now):
+        case snap.Verdict.HIT | snap.Verdict.SHARE if live is not None:
             return await _accepted(live, now)
-        await _remove_expired(live, now)  # the Reaper has not come by yet: free the key
+        case snap.Verdict.EXPIRED if live is not None:
+            await _remove_expired(live, now)  # the Reaper has not come by yet: free the key
+        case _:
+            pass
     row, created = await _create(user_id, spec, found, now)
     if created:
         actors = app.actors

@@ -50,3 +50,14 @@ def test_snapshot_is_free_by_default_and_priced_when_configured() -> None:
     priced = attrs.evolve(cfg, price_type_factor={**cfg.price_type_factor, "Snapshot": 300.0})
     # 10 per second x 1/30 s x High 1.5 x FullHD 1.0 x 300 = 150
     assert snap.quote_frame(30, priced).total_minor == 150
+
+
+def test_verdict_of_the_live_snapshot_of_a_key() -> None:
+    later, earlier = NOW + timedelta(seconds=1), NOW - timedelta(seconds=1)
+    S, V = snap.SnapshotStatus, snap.Verdict
+    assert snap.verdict(None, None, NOW) is V.MISS
+    assert snap.verdict(S.FAILED, later, NOW) is V.MISS
+    assert snap.verdict(S.PENDING, earlier, NOW) is V.SHARE  # its job ends it, not the clock
+    assert snap.verdict(S.RENDERING, later, NOW) is V.SHARE
+    assert snap.verdict(S.CACHED, later, NOW) is V.HIT
+    assert snap.verdict(S.CACHED, NOW, NOW) is V.EXPIRED
