@@ -230,6 +230,18 @@ def probe_video(path: Path) -> VideoInfo:
         )
 
 
+def probe_png(path: Path) -> VideoInfo:
+    """A snapshot's output: exactly one PNG image, decoded whole (``frames == 1``).
+
+    Raises MediaError for a missing, empty, truncated or undecodable file, or any other kind of
+    picture or video.
+    """
+    info = probe_video(path)
+    if info.codec != "png" or info.frames != 1:
+        raise MediaError(f"{path}: a {info.codec} of {info.frames} frames, not one PNG image")
+    return info
+
+
 def _check_mp4_boxes(path: Path, size: int) -> None:
     """MediaError unless the top-level ISO-BMFF boxes of ``path`` tile its ``size`` bytes."""
     with path.open("rb") as f:

@@ -352,7 +352,8 @@ class JobActor(JobEffects):
                     check.preview_b64,
                 )
 
-        await self._apply(js.OutputValidated(range_id, check.ok, check.error), also=preview)
+        event = js.OutputValidated(range_id, check.ok, check.error, check.width, check.height)
+        await self._apply(event, also=preview)
 
     async def _merged(self, export: MergedExport | None, error: str | None) -> None:
         self._merge_scope = None

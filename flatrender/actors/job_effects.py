@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -22,11 +22,11 @@ from flatrender.actors.fleet import Fleet, NodeUnknown
 from flatrender.actors.job_messages import _Merged, _Validated
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.actors.merger import MergeFailed, Merger, MergeRequest
-from flatrender.actors.validation import check_output
+from flatrender.actors.validation import check_output, check_still
 from flatrender.config import Config
 from flatrender.domain import job_steps as js
 from flatrender.domain.model import CommandType
-from flatrender.persistence import job_state, jobs, ledger
+from flatrender.persistence import job_state, jobs, ledger, snapshots
 from flatrender.persistence.db import Connection, Database
 from flatrender.storage import ObjectStore
 
@@ -113,6 +113,14 @@ class JobEffects:
                 await ledger.append(
                     conn, self.row.user_id, "refund", amount, job_id=job, note="cancelled"
                 )
+            case js.SnapshotRendering():
+                await snapshots.mark_rendering(conn, job)
+            case js.CacheSnapshot(width=width, height=height):
+                now = self.deps.clock()
+                expires = now + timedelta(hours=self.deps.config().snapshots.expiry_hours)
+                await snapshots.mark_cached(conn, job, width, height, now, expires)
+            case js.FailSnapshot():
+                await snapshots.mark_failed(conn, job, self.deps.clock())
             case _:
                 pass
 
@@ -238,9 +246,14 @@ class JobEffects:
         assert r is not None
         key = job_state.output_key(self.state.job_id, r.id, self.row.output_format)
         expected = r.frame_count if self.row.output_format == "mp4" else 1
+        store = self.deps.store
 
         async def validate() -> None:
-            check = await check_output(self.deps.store, key, expected)
+            if self.state.snapshot:
+                thumbnail = snapshots.thumbnail_key(self.state.job_id)
+                check = await check_still(store, key, thumbnail)
+            else:
+                check = await check_output(store, key, expected)
             await self.inbox.send(_Validated(range_id, check))
 
         self._nursery.start_soon(validate)

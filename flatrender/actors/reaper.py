@@ -3,8 +3,8 @@
 Owns nothing but its schedule. Each `ReapTask` removes what has expired as of a wall-clock
 instant (injected, so tests choose it) and returns how much it removed; the Reaper runs them in
 order every `interval_sec` (trio's clock) and keeps going whatever they raise. What the tasks
-are is the composition root's business: health-history retention here (`health_tasks`), exports
-and snapshots later.
+are is the composition root's business: health-history retention here (`health_tasks`), expired
+snapshots (`snapshot_tasks`), exports later.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import attrs
 import trio
 
 from flatrender.clock import utc_now
-from flatrender.persistence import health
+from flatrender.persistence import health, snapshots
 from flatrender.persistence.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+from flatrender.storage import ObjectStore
 
 logger = logging.getLogger("flatrender.reaper")
 
@@ -123,3 +124,28 @@ def health_tasks(
         ReapTask("health_retention", delete_expired),
         ReapTask("health_downsample", downsample),
     ]
+
+
+def snapshot_tasks(db: Database, store: ObjectStore, batch: int = 200) -> list[ReapTask]:
+    """Expired snapshots (Cached or Failed; a render in progress ends with its job first), in
+    batches of `batch`: the image and thumbnail objects first, then the rows (DESIGN §7). A
+    crash in between leaves expired rows without objects, removed by the next round; never an
+    object without its row. Counts removed rows; one log line per snapshot."""
+    if batch < 1:
+        raise ValueError("batch must be positive")
+
+    async def delete_expired(now: datetime) -> int:
+        total = 0
+        while True:
+            ids = await snapshots.expired(db, now, batch)
+            for snapshot_id in ids:
+                await store.delete(snapshots.image_key(snapshot_id))
+                await store.delete(snapshots.thumbnail_key(snapshot_id))
+            removed = await snapshots.delete_expired(db, ids, now) if ids else 0
+            for snapshot_id in ids:
+                logger.info("reaped snapshot %s", snapshot_id)
+            total += removed
+            if len(ids) < batch:
+                return total
+
+    return [ReapTask("snapshot_expiry", delete_expired)]

@@ -22,7 +22,7 @@ from flatrender.actors.job import JobDeps
 from flatrender.actors.jobs import JobSystem
 from flatrender.actors.merger import Merger
 from flatrender.actors.node import NodeDeps
-from flatrender.actors.reaper import Reaper, health_tasks
+from flatrender.actors.reaper import Reaper, health_tasks, snapshot_tasks
 from flatrender.actors.retention import retention_tasks
 from flatrender.actors.rollout import RolloutActor
 from flatrender.actors.scheduler import Scheduler
@@ -91,8 +91,11 @@ class ActorSystem:
         self.scheduler = Scheduler(db, self.jobs, config)
         self.rollout = RolloutActor(db, self.fleet, store, config, clock)
         self.reaper = Reaper(
-            health_tasks(db, config().nodes.health_retention_days)
-            + retention_tasks(db, store, config),
+            [
+                *health_tasks(db, config().nodes.health_retention_days),
+                *retention_tasks(db, store, config),
+                *snapshot_tasks(db, store),
+            ],
             now=clock,
             interval_sec=60.0,
         )

@@ -135,11 +135,17 @@ async def _finish(
     return Outcome.DONE
 
 
+# The simulated AfterFX renders every project at this size: a snapshot (PNG) of frame n is the
+# very picture of frame n in the export.
+FRAME_WIDTH, FRAME_HEIGHT = 160, 90
+
+
 def _render_output(path: Path, command: RenderFrames, last: int) -> tuple[bytes, str]:
     """Write the range's output to ``path``; its bytes and content type (a worker thread)."""
     label = f"{command.job_id}/{command.frame_job_id}"
+    size = {"width": FRAME_WIDTH, "height": FRAME_HEIGHT}
     if command.output_format == "png":
-        media.render_still(path, frame_number=command.start_frame, label=label)
+        media.render_still(path, frame_number=command.start_frame, label=label, **size)
         return path.read_bytes(), "image/png"
     media.render_segment(
         path,
@@ -147,6 +153,7 @@ def _render_output(path: Path, command: RenderFrames, last: int) -> tuple[bytes,
         end_frame=last,
         frame_rate=max(1, round(command.frame_rate)),
         label=label,
+        **size,
     )
     return path.read_bytes(), "video/mp4"
 

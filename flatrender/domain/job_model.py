@@ -1,17 +1,20 @@
-"""The state, events and effects of a render job and its frame ranges (DESIGN §3).
+"""The events and effects of a render job and its frame ranges (DESIGN §3); their state is
+in :mod:`flatrender.domain.job_state` (split off to keep each module under ~400 lines).
 
 Job ``step``: ``Queued → Preparing`` (the replica must be built: ``ReplicaMissing``) or
 ``Queued → Rendering`` (it exists: ``ReplicaAvailable``); ``Preparing → Rendering`` on
 ``ReplicaBuilt``; ``Rendering → Merging`` when every current range is ``Validated``;
-``Merging → Completed`` once the export is recorded. Any non-terminal step goes to ``Failed``
-(replica failure, a range past ``max_attempts``, merge failure, ``Abort``) with a full refund, or
-to ``Cancelled`` (user) with a refund of the frames not yet validated.
+``Merging → Completed`` once the export is recorded; a snapshot's job skips Merging:
+``Rendering → Completed`` when its one PNG is validated (``CacheSnapshot``). Any non-terminal
+step goes to ``Failed`` (replica failure, a range past ``max_attempts``, merge failure,
+``Abort``) with a full refund, or to ``Cancelled`` (user) with a refund of the frames not yet
+validated; a snapshot's job then fails its snapshot (``FailSnapshot``).
 
 Frame range (FrameJob) ``status``: ``Pending → Assigned`` (scheduler) ``→ Rendering`` (a frame
 reported) ``→ Rendered`` (the last frame reported: the node uploaded the output) ``→ Validated``
 (output probed OK), or ``Failed``. A range that fails before validation (bad output, node lost,
 crash requeue) is replaced by a copy with ``attempt + 1`` and the same frames, whose id is
-derived from the failed one (:func:`replacement_id`), so deciding the same event twice gives
+derived from the failed one (``job_state.replacement_id``), so deciding the same event twice gives
 the same range; past ``max_attempts`` the job fails instead. "Current" ranges are the ones not
 ``Failed``; they always tile the job's frames.
 
@@ -22,117 +25,12 @@ from __future__ import annotations
 
 import enum
 from typing import Literal
-from uuid import UUID, uuid5
+from uuid import UUID
 
 import attrs
 
 from flatrender.domain.crash_policy import CrashVerdict
-
-
-class JobStep(enum.Enum):
-    QUEUED = "Queued"
-    PREPARING = "Preparing"
-    RENDERING = "Rendering"
-    MERGING = "Merging"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
-
-
-class RangeStatus(enum.Enum):
-    PENDING = "Pending"
-    ASSIGNED = "Assigned"
-    RENDERING = "Rendering"
-    RENDERED = "Rendered"
-    VALIDATED = "Validated"
-    FAILED = "Failed"
-
-
-TERMINAL_STEPS = frozenset({JobStep.COMPLETED, JobStep.FAILED, JobStep.CANCELLED})
-
-
-@attrs.frozen
-class Trim:
-    """An unsettled trim: the range ended at ``original_end`` until ``tail_id`` took the rest."""
-
-    original_end: int
-    tail_id: UUID
-
-
-@attrs.frozen
-class RangeState:
-    id: UUID
-    start_frame: int
-    end_frame: int
-    status: RangeStatus = RangeStatus.PENDING
-    node_id: UUID | None = None
-    attempt: int = 1
-    reported_frames: frozenset[int] = frozenset()
-    last_error: str | None = None
-    replaces_id: UUID | None = None
-    trim: Trim | None = None
-
-    @property
-    def frame_count(self) -> int:
-        return self.end_frame - self.start_frame + 1
-
-    @property
-    def frames_rendered(self) -> int:
-        return len(self.reported_frames)
-
-    @property
-    def frames_validated(self) -> int:
-        return self.frame_count if self.status is RangeStatus.VALIDATED else 0
-
-    @property
-    def order_value(self) -> int:
-        """Merge order: current ranges tile the job, so their first frames order them."""
-        return self.start_frame
-
-
-@attrs.frozen
-class JobState:
-    job_id: UUID
-    start_frame: int
-    end_frame: int
-    step: JobStep = JobStep.QUEUED
-    paid_minor: int = 0
-    ranges: tuple[RangeState, ...] = ()
-    replica_key: str | None = None
-    replica_node_id: UUID | None = None  # the node building the replica (Preparing)
-    export_id: UUID | None = None
-    failed_message: str | None = None
-    repair_attempts: int = 0  # ResetAndRestart verdicts
-
-    @property
-    def terminal(self) -> bool:
-        return self.step in TERMINAL_STEPS
-
-    @property
-    def total_frames(self) -> int:
-        return self.end_frame - self.start_frame + 1
-
-    @property
-    def current_ranges(self) -> tuple[RangeState, ...]:
-        return tuple(r for r in self.ranges if r.status is not RangeStatus.FAILED)
-
-    @property
-    def frames_validated(self) -> int:
-        return sum(r.frames_validated for r in self.ranges)
-
-    def range(self, range_id: UUID) -> RangeState | None:
-        return next((r for r in self.ranges if r.id == range_id), None)
-
-
-@attrs.frozen
-class JobPolicy:
-    max_attempts: int = 3
-
-
-def replacement_id(failed_range_id: UUID) -> UUID:
-    """The id of the range that replaces ``failed_range_id`` (a range fails at most once)."""
-    return uuid5(failed_range_id, "replacement")
-
+from flatrender.domain.job_state import JobState, RangeState
 
 # ------------------------------------------------------------------ events
 
@@ -184,6 +82,9 @@ class OutputValidated:
     range_id: UUID
     ok: bool
     error: str | None = None
+    # The picture's size, for a snapshot's PNG.
+    width: int | None = None
+    height: int | None = None
 
 
 @attrs.frozen
@@ -326,6 +227,24 @@ class AbortMerge:
 
 
 @attrs.frozen
+class SnapshotRendering:
+    """The snapshot this job renders is now ``Rendering``."""
+
+
+@attrs.frozen
+class CacheSnapshot:
+    """The snapshot's image (and its thumbnail) are stored: it becomes ``Cached``."""
+
+    width: int
+    height: int
+
+
+@attrs.frozen
+class FailSnapshot:
+    message: str
+
+
+@attrs.frozen
 class RefundFull:
     amount_minor: int
     reason: str
@@ -362,6 +281,9 @@ Effect = (
     | NodeSucceeded
     | StartMerge
     | AbortMerge
+    | SnapshotRendering
+    | CacheSnapshot
+    | FailSnapshot
     | RefundFull
     | RefundCancelShare
     | Log

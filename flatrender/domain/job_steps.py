@@ -20,25 +20,31 @@ output then fails validation and the range is requeued (``trim_margin_frames`` m
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import assert_never
 from uuid import UUID
 
 import attrs
 
+from flatrender.domain.job_decisions import RUNNING as _RUNNING
+from flatrender.domain.job_decisions import UNVALIDATED as _UNVALIDATED
+from flatrender.domain.job_decisions import check_plan as _check_plan
+from flatrender.domain.job_decisions import frames_of as _frames
+from flatrender.domain.job_decisions import ignored as _ignored
+from flatrender.domain.job_decisions import stale as _stale
+from flatrender.domain.job_decisions import unchanged as _unchanged
+from flatrender.domain.job_decisions import with_ranges as _with
 from flatrender.domain.job_model import Abort as Abort
 from flatrender.domain.job_model import AbortMerge as AbortMerge
+from flatrender.domain.job_model import CacheSnapshot as CacheSnapshot
 from flatrender.domain.job_model import CancelRender as CancelRender
 from flatrender.domain.job_model import CancelRequested as CancelRequested
 from flatrender.domain.job_model import CrashDecided as CrashDecided
 from flatrender.domain.job_model import Decision as Decision
 from flatrender.domain.job_model import Effect as Effect
 from flatrender.domain.job_model import ExportRecorded as ExportRecorded
+from flatrender.domain.job_model import FailSnapshot as FailSnapshot
 from flatrender.domain.job_model import FrameReported as FrameReported
 from flatrender.domain.job_model import JobEvent as JobEvent
-from flatrender.domain.job_model import JobPolicy as JobPolicy
-from flatrender.domain.job_model import JobState as JobState
-from flatrender.domain.job_model import JobStep as JobStep
 from flatrender.domain.job_model import Log as Log
 from flatrender.domain.job_model import MergeFailed as MergeFailed
 from flatrender.domain.job_model import NodeLost as NodeLost
@@ -47,8 +53,6 @@ from flatrender.domain.job_model import Outcome as Outcome
 from flatrender.domain.job_model import OutputValidated as OutputValidated
 from flatrender.domain.job_model import QueueRange as QueueRange
 from flatrender.domain.job_model import RangeAssigned as RangeAssigned
-from flatrender.domain.job_model import RangeState as RangeState
-from flatrender.domain.job_model import RangeStatus as RangeStatus
 from flatrender.domain.job_model import RefundCancelShare as RefundCancelShare
 from flatrender.domain.job_model import RefundFull as RefundFull
 from flatrender.domain.job_model import ReplicaAvailable as ReplicaAvailable
@@ -61,17 +65,21 @@ from flatrender.domain.job_model import RequeueRange as RequeueRange
 from flatrender.domain.job_model import SendPrepareReplica as SendPrepareReplica
 from flatrender.domain.job_model import SendRenderFrames as SendRenderFrames
 from flatrender.domain.job_model import SendTrimRange as SendTrimRange
+from flatrender.domain.job_model import SnapshotRendering as SnapshotRendering
 from flatrender.domain.job_model import StartMerge as StartMerge
-from flatrender.domain.job_model import Trim as Trim
 from flatrender.domain.job_model import TrimmedTail as TrimmedTail
 from flatrender.domain.job_model import ValidateOutput as ValidateOutput
-from flatrender.domain.job_model import replacement_id as replacement_id
+from flatrender.domain.job_state import JobPolicy as JobPolicy
+from flatrender.domain.job_state import JobState as JobState
+from flatrender.domain.job_state import JobStep as JobStep
+from flatrender.domain.job_state import RangeState as RangeState
+from flatrender.domain.job_state import RangeStatus as RangeStatus
+from flatrender.domain.job_state import Trim as Trim
+from flatrender.domain.job_state import replacement_id as replacement_id
 from flatrender.domain.pricing import cancel_refund
 
 J = JobStep
 R = RangeStatus
-_RUNNING = (R.ASSIGNED, R.RENDERING)  # a node holds the range and renders it
-_UNVALIDATED = (R.ASSIGNED, R.RENDERING, R.RENDERED)  # a node holds frames not yet validated
 
 
 # ------------------------------------------------------------------ decide
@@ -148,47 +156,6 @@ def decide(state: JobState, event: JobEvent, policy: JobPolicy) -> Decision:
             assert_never(event)
 
 
-def _ignored(state: JobState, reason: str) -> Decision:
-    return Decision(state, (Log("warn", reason),), Outcome.IGNORED, reason)
-
-
-def _unchanged(state: JobState, reason: str) -> Decision:
-    return Decision(state, (), Outcome.UNCHANGED, reason)
-
-
-def _stale(state: JobState, reason: str, node: UUID) -> Decision:
-    return Decision(
-        state, (Log("info", f"stale report refused: {reason}", node),), Outcome.STALE, reason
-    )
-
-
-def _frames(r: RangeState) -> str:
-    return f"frames {r.start_frame}-{r.end_frame}"
-
-
-def _with(state: JobState, *changed: RangeState) -> JobState:
-    """``state`` with the ranges of the same ids replaced and any new ones appended."""
-    by_id = {r.id: r for r in changed}
-    kept = tuple(by_id.pop(r.id, r) for r in state.ranges)
-    return attrs.evolve(state, ranges=kept + tuple(by_id.values()))
-
-
-def _check_plan(state: JobState, ranges: Iterable[RangeState]) -> None:
-    expected = state.start_frame
-    ids: set[UUID] = set()
-    for r in sorted(ranges, key=lambda r: r.start_frame):
-        if r.start_frame != expected or r.end_frame < r.start_frame:
-            raise ValueError(
-                f"planned ranges do not tile frames {state.start_frame}-{state.end_frame}"
-            )
-        if r.status is not R.PENDING or r.node_id is not None or r.id in ids:
-            raise ValueError(f"planned range {r.id} is not a fresh Pending range")
-        ids.add(r.id)
-        expected = r.end_frame + 1
-    if expected != state.end_frame + 1:
-        raise ValueError(f"planned ranges do not tile frames {state.start_frame}-{state.end_frame}")
-
-
 def _start_rendering(
     state: JobState, key: str, ranges: tuple[RangeState, ...], why: str
 ) -> Decision:
@@ -198,6 +165,7 @@ def _start_rendering(
         state, step=J.RENDERING, replica_key=key, replica_node_id=None, ranges=ranges
     )
     effects: list[Effect] = [QueueRange(r) for r in ranges]
+    effects += [SnapshotRendering()] if state.snapshot else []
     effects.append(Log("info", f"{why}: rendering in {len(ranges)} ranges"))
     return Decision(new, tuple(effects))
 
@@ -297,7 +265,11 @@ def _output_validated(state: JobState, ev: OutputValidated, policy: JobPolicy) -
         return _requeue(state, [r], f"output validation failed: {error}", policy)
     new = _with(state, attrs.evolve(r, status=R.VALIDATED))
     effects: list[Effect] = [NodeSucceeded(r.node_id), Log("info", f"{_frames(r)} validated")]
-    if all(c.status is R.VALIDATED for c in new.current_ranges):
+    done = all(c.status is R.VALIDATED for c in new.current_ranges)
+    if done and state.snapshot:  # no merge: the PNG is the image (its thumbnail is stored)
+        new = attrs.evolve(new, step=J.COMPLETED)
+        effects += [CacheSnapshot(ev.width or 0, ev.height or 0), Log("info", "snapshot cached")]
+    elif done:
         order = tuple(c.id for c in sorted(new.current_ranges, key=lambda c: c.order_value))
         new = attrs.evolve(new, step=J.MERGING)
         effects += [StartMerge(order), Log("info", "every range validated: merging")]
@@ -410,6 +382,7 @@ def _fail_job(state: JobState, message: str) -> Decision:
     new, effects = _close(state, J.FAILED, "the job failed")
     if state.paid_minor > 0:
         effects.append(RefundFull(state.paid_minor, message))
+    effects += [FailSnapshot(message)] if state.snapshot else []
     effects.append(Log("error", f"the job failed: {message}"))
     return Decision(attrs.evolve(new, failed_message=message), tuple(effects))
 
@@ -420,5 +393,6 @@ def _cancel(state: JobState, reason: str) -> Decision:
     refund = cancel_refund(state.paid_minor, state.total_frames, rendered)
     if refund > 0:
         effects.append(RefundCancelShare(refund, rendered, state.total_frames))
+    effects += [FailSnapshot(f"cancelled: {reason}")] if state.snapshot else []
     effects.append(Log("info", f"the job was cancelled: {reason}"))
     return Decision(new, tuple(effects))

@@ -16,11 +16,12 @@ from flatrender.http import (
     nodes,
     render_actions,
     renders,
+    snapshots,
 )
 from flatrender.http.common import AppState
+from flatrender.http.coverage import require_contract_served
 from flatrender.http.errors import register_error_handlers
 from flatrender.http.openapi import openapi_document
-from flatrender.http.pending import register_placeholders
 
 # Node reports and API bodies are small; anything bigger is a mistake or an attack.
 MAX_BODY_BYTES = 1024 * 1024
@@ -42,6 +43,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         renders.bp,
         render_actions.bp,
         exports.bp,
+        snapshots.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
@@ -60,7 +62,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         # Liveness only (no database): also the trivial endpoint bench/heartbeats measures.
         return {"status": "ok"}
 
-    register_placeholders(app)
+    require_contract_served(app)
     return app
 
 

@@ -56,15 +56,6 @@ def unprocessable(message: str, errors: list[dict[str, str]]) -> ApiError:
     return ApiError(422, "validation_failed", message, {"errors": errors})
 
 
-def not_implemented(operation: str, owner_issue: int) -> ApiError:
-    return ApiError(
-        501,
-        "not_implemented",
-        f"{operation} is not implemented yet",
-        {"tracked_in_issue": owner_issue},
-    )
-
-
 def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> Response:

@@ -44,6 +44,7 @@ _STATE_CONFLICTS = {
 }
 _CHARGED = {
     ("post", "/renders"),
+    ("post", "/snapshots"),  # free unless [pricing] price_type_factor.Snapshot is set
     ("post", "/renders/{job_id}/retry"),
     ("post", "/exports/{export_id}/extend"),
 }

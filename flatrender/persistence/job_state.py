@@ -12,7 +12,7 @@ from datetime import datetime
 from uuid import UUID
 
 from flatrender.domain import job_steps as js
-from flatrender.persistence import jobs
+from flatrender.persistence import jobs, snapshots
 from flatrender.persistence.db import Connection, Database
 
 
@@ -71,6 +71,7 @@ async def load(db: Database | Connection, job_id: UUID) -> tuple[jobs.JobRow, js
         export_id=row.export_id,
         failed_message=row.failed_message,
         repair_attempts=row.repair_attempts,
+        snapshot=row.kind == "Snapshot",
     )
     return row, state
 
@@ -109,6 +110,10 @@ VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
 
 
 def output_key(job_id: UUID, range_id: UUID, output_format: str) -> str:
+    if output_format == "png":
+        # Only a snapshot's job renders a PNG, and it has the snapshot's id: its one range
+        # uploads straight to the snapshot's image key (every attempt to the same key).
+        return snapshots.image_key(job_id)
     return f"renders/{job_id}/{range_id}.{output_format}"
 
 

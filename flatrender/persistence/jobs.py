@@ -107,6 +107,7 @@ class NewJob:
     retry_count: int = 0
     kind: str = "Render"
     output_format: str = "mp4"
+    start_frame: int = 0  # a snapshot's job renders frame end_frame alone
 
 
 def _fields(cls: type) -> list[str]:

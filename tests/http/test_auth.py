@@ -77,9 +77,8 @@ async def test_user_token_is_403_on_admin_operation(client, tokens: Tokens) -> N
 
 
 async def test_admin_token_passes_admin_check(client, tokens: Tokens) -> None:
-    # Node listing comes with the fleet issue; until then it must be 501, not 401/403.
     response = await client.get("/v1/nodes", headers=bearer(tokens.admin))
-    assert response.status_code in (200, 501)
+    assert response.status_code == 200
 
 
 async def test_user_and_admin_tokens_are_403_on_service_extensions(client, tokens: Tokens) -> None:

@@ -3,7 +3,10 @@
 from uuid import uuid4
 
 import pytest
+from quart import Quart
 
+from flatrender.http.app import create_app
+from flatrender.http.coverage import require_contract_served, unserved
 from tests.helpers import Tokens, bearer
 
 
@@ -119,11 +122,14 @@ async def test_oversized_body_is_413(client, tokens: Tokens) -> None:
     assert_error(await response.get_json(), "payload_too_large")
 
 
-async def test_unimplemented_operations_answer_501_with_owner_issue(client, tokens) -> None:
-    response = await client.get(f"/v1/snapshots/{uuid4()}", headers=bearer(tokens.user))
-    assert response.status_code == 501
-    error = assert_error(await response.get_json(), "not_implemented")
-    assert error["details"]["tracked_in_issue"] == 5
+async def test_every_contract_operation_has_a_route(app_state) -> None:
+    assert unserved(create_app(app_state)) == []
+
+
+def test_an_app_missing_a_contract_route_refuses_to_start() -> None:
+    bare = Quart("bare")
+    with pytest.raises(RuntimeError, match=r"\('GET', '/v1/renders'\)"):
+        require_contract_served(bare)
 
 
 async def test_openapi_document_is_served_without_auth(client) -> None:
