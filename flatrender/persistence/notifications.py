@@ -44,10 +44,7 @@ LIMIT $3
 async def due(db: Database, now: datetime, max_attempts: int, limit: int) -> list[Pending]:
     """Undelivered notifications whose time has come and whose attempts are not spent."""
     rows = await db.fetch(DUE, now, max_attempts, limit)
-    return [
-        Pending(r["id"], r["job_id"], r["event"], r["payload"], r["attempts"])
-        for r in rows
-    ]
+    return [Pending(r["id"], r["job_id"], r["event"], r["payload"], r["attempts"]) for r in rows]
 
 
 DELIVERED = """
