@@ -144,6 +144,11 @@ class SnapshotsConfig:
 class NotifyConfig:
     webhook_url: str = ""
     max_attempts: int = 8
+    secret: str = ""
+    timeout_sec: float = 10.0
+    poll_interval_sec: float = 5.0
+    retry_base_sec: float = 10.0
+    retry_max_sec: float = 3600.0
 
 
 @attrs.frozen
@@ -236,6 +241,13 @@ class Config:
             raise ConfigError("[updates] tick_sec and crash_rate_factor: must be positive")
         if self.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"[log] level: unknown level {self.log.level!r}")
+        notify = self.notify
+        if min(notify.timeout_sec, notify.poll_interval_sec, notify.retry_base_sec) <= 0:
+            raise ConfigError(
+                "[notify] timeout_sec, poll_interval_sec and retry_base_sec: must be positive"
+            )
+        if notify.webhook_url and not notify.webhook_url.startswith(("http://", "https://")):
+            raise ConfigError("[notify] webhook_url: must be an http:// or https:// url")
         if len(self.s3.bucket) < 3:
             raise ConfigError("[s3] bucket: needs at least 3 characters")
 
@@ -268,6 +280,8 @@ _SECRET_KEYS = (
     ("auth", "node_master_key"),
     ("s3", "secret_key"),
     ("database", "url"),
+    ("notify", "secret"),
+    ("notify", "webhook_url"),  # a webhook url often carries its own token
 )
 
 

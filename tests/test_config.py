@@ -61,6 +61,8 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("[http]\nport = 70000\n", {}, "[http] port"),
         ("[auth]\nservice_tokens = [1]\n", {}, "[auth] service_tokens"),
         ("[http\n", {}, "not valid TOML"),
+        ("[notify]\nwebhook_url = 'ftp://x/y'\n", {}, "[notify] webhook_url"),
+        ("[notify]\nretry_base_sec = 0\n", {}, "[notify] timeout_sec, poll_interval_sec"),
     ],
 )
 def test_bad_value_names_the_key(
@@ -91,6 +93,8 @@ def test_redacted_hides_every_secret() -> None:
             "FLATRENDER_AUTH_NODE_MASTER_KEY": "master-key-value",
             "FLATRENDER_S3_SECRET_KEY": "s3-secret-value",
             "FLATRENDER_DATABASE_URL": "postgresql://u:pw-value@h/db",
+            "FLATRENDER_NOTIFY_SECRET": "hook-secret-value",
+            "FLATRENDER_NOTIFY_WEBHOOK_URL": "https://hooks.example/t/hook-token-value",
         },
     )
     text = repr(config.redacted())
@@ -100,6 +104,8 @@ def test_redacted_hides_every_secret() -> None:
         "master-key-value",
         "s3-secret-value",
         "pw-value",
+        "hook-secret-value",
+        "hook-token-value",
     ):
         assert secret not in text
 

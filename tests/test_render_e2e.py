@@ -6,10 +6,12 @@ still completes, and the export holds every frame exactly once, in order (issue 
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -20,6 +22,7 @@ from flatrender.daemon import Daemon
 from flatrender.storage import MinioStore
 from tests.e2e import agent, fast_farm, people, poll, seed_project, stop
 from tests.helpers import bearer
+from tests.webhook import start_receiver
 
 FRAMES = 240
 
@@ -132,9 +135,11 @@ async def test_a_late_idle_node_takes_the_unstarted_tail_of_a_long_range(
     frames = 360
     config = fast_farm(config, max_chunk_frames=1000)
     service, user, user_token = people(config)
-    daemon = Daemon(config)
     procs: list[Any] = []
     async with trio.open_nursery() as nursery:
+        webhook = await start_receiver(nursery)  # the user asked to be told when it is done
+        config = attrs.evolve(config, notify=attrs.evolve(config.notify, webhook_url=webhook.url))
+        daemon = Daemon(config)
         await nursery.start(daemon.run)
         api = daemon.binds[0]
         async with httpx.AsyncClient(base_url=api, timeout=10) as http:
@@ -150,7 +155,12 @@ async def test_a_late_idle_node_takes_the_unstarted_tail_of_a_long_range(
                 )
                 submit = await http.post(
                     "/v1/renders",
-                    json={"saved_project_id": str(project), "quality": "Low", "resolution": "HD"},
+                    json={
+                        "saved_project_id": str(project),
+                        "quality": "Low",
+                        "resolution": "HD",
+                        "tell_me_when_done": True,
+                    },
                     headers=bearer(user_token),
                 )
                 path = f"/v1/renders/{submit.json()['id']}"
@@ -178,6 +188,11 @@ async def test_a_late_idle_node_takes_the_unstarted_tail_of_a_long_range(
                 local = tmp_path / "export.mp4"
                 await store.download_file(final["export"]["path"], local)
                 assert media.decode_frame_signatures(local) == list(range(frames))
+                [hook] = await webhook.wait_for(1)
+                told = json.loads(hook.body)
+                assert (told["event"], told["job_id"]) == ("render.completed", final["id"])
+                assert told["export_id"] == final["export"]["id"]
             finally:
                 stop(procs)
+                webhook.close()
         daemon.stop()

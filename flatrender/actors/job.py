@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -189,7 +190,9 @@ class JobActor(JobEffects):
             case WorkDropped(node_id=node_id, work_id=work_id):
                 await self._work_dropped(node_id, work_id)
             case Cancel(reason=reason):
-                decision = await self._apply(js.CancelRequested(reason))
+                decision = await self._apply(
+                    js.CancelRequested(reason), also=self._record_cancel_reason(reason)
+                )
                 answer(message.reply, _refunded(decision))
             case OfferTail():
                 answer(message.reply, await self._offer_tail())
@@ -267,6 +270,15 @@ class JobActor(JobEffects):
         decision = await self._apply(js.ReplicaBuilt(message.replica_key, plan), also=record)
         await self._unassign(message.node_id, self.state.job_id, succeeded=True)
         return not decision.fenced
+
+    def _record_cancel_reason(self, reason: str) -> Callable[[Connection], Awaitable[None]]:
+        async def record(conn: Connection) -> None:
+            await conn.execute(
+                "UPDATE render_jobs SET cancel_reason = $2 WHERE id = $1", self.row.id, reason
+            )
+            self.cancel_reason = reason
+
+        return record
 
     async def _offer_tail(self) -> bool:
         cfg = self.deps.config()

@@ -26,7 +26,8 @@ from flatrender.actors.validation import check_output, check_still
 from flatrender.config import Config
 from flatrender.domain import job_steps as js
 from flatrender.domain.model import CommandType
-from flatrender.persistence import job_state, jobs, ledger, snapshots
+from flatrender.domain.notify import job_end_payload
+from flatrender.persistence import job_state, jobs, ledger, notifications, snapshots
 from flatrender.persistence.db import Connection, Database
 from flatrender.storage import ObjectStore
 
@@ -42,6 +43,8 @@ class JobDeps:
     config: Callable[[], Config]
     clock: Callable[[], datetime]
     wake_scheduler: Callable[[], None]
+    # A job-end notification was committed (tell_me_when_done): the Notifier may deliver it.
+    notification_written: Callable[[], None] = lambda: None
 
 
 class JobEffects:
@@ -60,6 +63,7 @@ class JobEffects:
         self.revision = row.revision
         self.inbox = inbox
         self._merge_scope: trio.CancelScope | None = None
+        self.cancel_reason = row.cancel_reason
         # When each range's first frame came in (trio time): its holder's pace, for trims.
         self._first_frame_at: dict[UUID, float] = {}
 
@@ -84,6 +88,7 @@ class JobEffects:
     ) -> None:
         """Commit the decision whole, then perform the effects that are messages."""
         old, new = self.state, decision.state
+        notify = False
         if old != new or decision.effects or also is not None or report is not None:
             now = self.deps.clock()
             async with self.deps.db.transaction() as conn:
@@ -94,9 +99,27 @@ class JobEffects:
                 )
                 for effect in decision.effects:
                     await self._in_transaction(conn, effect)
+                notify = self.row.tell_me_when_done and new.terminal and not old.terminal
+                if notify:
+                    await notifications.enqueue(
+                        conn, self.row.id, self.row.user_id, self._end_payload(new, now), now
+                    )
         self.state = new
+        if notify:
+            self.deps.notification_written()
         for effect in decision.effects:
             await self._perform(effect, old)
+
+    def _end_payload(self, new: js.JobState, now: datetime) -> dict[str, Any]:
+        return job_end_payload(
+            job_id=self.row.id,
+            user_id=self.row.user_id,
+            name=self.row.name,
+            step=new.step.value,
+            export_id=new.export_id,
+            message=new.failed_message or self.cancel_reason,
+            ended_at=now,
+        )
 
     async def _in_transaction(self, conn: Connection, effect: js.Effect) -> None:
         job = self.state.job_id

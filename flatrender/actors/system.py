@@ -2,9 +2,9 @@
 
 Order matters and is explicit: the health writer first (node actors feed it), then the fleet
 (node actors rebuilt from PostgreSQL), the jobs (job actors rebuilt and resumed), the scheduler
-that pairs their work, the software rollout (it talks to node actors), then the reaper. Each is
-a PERMANENT child of the root supervisor; an actor object survives its own restarts, so handles
-held elsewhere stay valid.
+that pairs their work, the software rollout (it talks to node actors), then the reaper and the
+notifier (job-end webhooks from the outbox). Each is a PERMANENT child of the root supervisor;
+an actor object survives its own restarts, so handles held elsewhere stay valid.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from flatrender.actors.job import JobDeps
 from flatrender.actors.jobs import JobSystem
 from flatrender.actors.merger import Merger
 from flatrender.actors.node import NodeDeps
+from flatrender.actors.notifier import Notifier
 from flatrender.actors.reaper import Reaper, health_tasks, snapshot_tasks
 from flatrender.actors.retention import retention_tasks
 from flatrender.actors.rollout import RolloutActor
@@ -86,10 +87,12 @@ class ActorSystem:
                 config=config,
                 clock=clock,
                 wake_scheduler=lambda: self.scheduler.wake(),
+                notification_written=lambda: self.notifier.wake(),
             )
         )
         self.scheduler = Scheduler(db, self.jobs, config)
         self.rollout = RolloutActor(db, self.fleet, store, config, clock)
+        self.notifier = Notifier(db, config, now=clock)
         self.reaper = Reaper(
             [
                 *health_tasks(db, config().nodes.health_retention_days),
@@ -115,6 +118,7 @@ class ActorSystem:
                     await self.root.start_child(ChildSpec("scheduler", self.scheduler.run))
                     await self.root.start_child(ChildSpec("rollout", self.rollout.run))
                     await self.root.start_child(ChildSpec("reaper", self.reaper.run))
+                    await self.root.start_child(ChildSpec("notifier", self.notifier.run))
                     task_status.started(self)
         finally:
             self._done.set()
