@@ -351,6 +351,7 @@ class JobActor(JobEffects):
                     self.state.job_id,
                     check.preview_b64,
                 )
+                self.preview_b64 = check.preview_b64
 
         await self._apply(js.OutputValidated(range_id, check.ok, check.error), also=preview)
 

@@ -26,6 +26,7 @@ from flatrender.actors.validation import check_output
 from flatrender.config import Config
 from flatrender.domain import job_steps as js
 from flatrender.domain.model import CommandType
+from flatrender.domain.progress import ProgressInputs
 from flatrender.persistence import job_state, jobs, ledger
 from flatrender.persistence.db import Connection, Database
 from flatrender.storage import ObjectStore
@@ -42,6 +43,8 @@ class JobDeps:
     config: Callable[[], Config]
     clock: Callable[[], datetime]
     wake_scheduler: Callable[[], None]
+    # Told every committed state (the ProgressHub's publish); must not block.
+    progress: Callable[[ProgressInputs], None] = lambda _: None
 
 
 class JobEffects:
@@ -62,6 +65,8 @@ class JobEffects:
         self._merge_scope: trio.CancelScope | None = None
         # When each range's first frame came in (trio time): its holder's pace, for trims.
         self._first_frame_at: dict[UUID, float] = {}
+        self.preview_b64 = row.image_preview_b64
+        self._publish()
 
     # ------------------------------------------------------------------ deciding and committing
 
@@ -95,8 +100,16 @@ class JobEffects:
                 for effect in decision.effects:
                     await self._in_transaction(conn, effect)
         self.state = new
+        if old != new or also is not None:
+            self._publish()
         for effect in decision.effects:
             await self._perform(effect, old)
+
+    def _publish(self) -> None:
+        """Live progress (WebSocket and ``GET .../progress``) follows every committed state."""
+        self.deps.progress(
+            ProgressInputs(self.state, self.revision, self.preview_b64, self.row.cancel_reason)
+        )
 
     async def _in_transaction(self, conn: Connection, effect: js.Effect) -> None:
         job = self.state.job_id

@@ -1,8 +1,9 @@
 """The actor system: the root supervisor and the long-lived actors under it (DESIGN §1).
 
-Order matters and is explicit: the health writer first (node actors feed it), then the fleet
-(node actors rebuilt from PostgreSQL), the jobs (job actors rebuilt and resumed), the scheduler
-that pairs their work, the software rollout (it talks to node actors), then the reaper. Each is
+Order matters and is explicit: the health writer first (node actors feed it), the progress hub
+(job actors publish to it), then the fleet (node actors rebuilt from PostgreSQL), the jobs (job
+actors rebuilt and resumed), the scheduler that pairs their work, the software rollout (it talks
+to node actors), then the reaper. Each is
 a PERMANENT child of the root supervisor; an actor object survives its own restarts, so handles
 held elsewhere stay valid.
 """
@@ -18,6 +19,7 @@ import trio
 
 from flatrender.actors.fleet import Fleet
 from flatrender.actors.health_writer import HealthWriter
+from flatrender.actors.hub import ProgressHub
 from flatrender.actors.job import JobDeps
 from flatrender.actors.jobs import JobSystem
 from flatrender.actors.merger import Merger
@@ -76,6 +78,7 @@ class ActorSystem:
             )
         )
         self.merger = Merger(store)
+        self.hub = ProgressHub()
         self.jobs = JobSystem(
             JobDeps(
                 db=db,
@@ -85,6 +88,7 @@ class ActorSystem:
                 config=config,
                 clock=clock,
                 wake_scheduler=lambda: self.scheduler.wake(),
+                progress=self.hub.publish,
             )
         )
         self.scheduler = Scheduler(db, self.jobs, config)
@@ -103,6 +107,7 @@ class ActorSystem:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.root.run)
                     await self.root.start_child(ChildSpec("health-writer", self.health.run))
+                    await self.root.start_child(ChildSpec("progress-hub", self.hub.run))
                     await self.root.start_child(ChildSpec("fleet", self.fleet.run))
                     await self.root.start_child(ChildSpec("jobs", self.jobs.run))
                     await self.root.start_child(ChildSpec("scheduler", self.scheduler.run))
