@@ -15,6 +15,7 @@ from flatrender.http import (
     nodes,
     render_actions,
     renders,
+    ws,
 )
 from flatrender.http.common import AppState
 from flatrender.http.errors import register_error_handlers
@@ -40,6 +41,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         node_updates.bp,
         renders.bp,
         render_actions.bp,
+        ws.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
