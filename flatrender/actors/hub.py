@@ -57,12 +57,13 @@ class Subscription:
     Iterate ``messages`` until it ends, then ``reason`` says why (None: the subscriber left).
     """
 
-    __slots__ = ("job_id", "messages", "reason", "_send")
+    __slots__ = ("job_id", "messages", "reason", "_send", "_sent")
 
     def __init__(self, job_id: UUID, buffer: int) -> None:
         self.job_id = job_id
         self._send, self.messages = trio.open_memory_channel[str](buffer)
         self.reason: CloseReason | None = None
+        self._sent = -1  # the revision it was last sent
 
     def _close(self, reason: CloseReason) -> None:
         if self.reason is None:
@@ -74,7 +75,7 @@ class Subscription:
 class HubStatistics:
     topics: int = 0
     subscribers: int = 0
-    published: int = 0  # messages built and fanned out (one per flush of a topic)
+    published: int = 0  # messages built and serialised (once each, whatever the audience)
     delivered: int = 0  # messages handed to a subscriber
     dropped: int = 0  # subscribers dropped for being too slow
 
@@ -143,16 +144,18 @@ class ProgressHub:
             return sub
         done = self._finished.get(job_id)
         if done is not None:
-            self._deliver(sub, done[2])
+            self._deliver(sub, done[2], done[0])
             sub._close(CloseReason.FINISHED)
             return sub
         topic = self._topics.get(job_id)
         if topic is None or (not topic.owned and topic.latest.revision < seed.revision):
             topic = self._seed(seed, seed_rate, topic)
-        if topic.built is None:
+        if topic.built is None or topic.built[0] != topic.latest.revision:
+            # The snapshot is the newest state; the others get it at the topic's next flush.
             self._build(topic, trio.current_time())
-        self._deliver(sub, topic.text)
-        if topic.built is not None and topic.built[1].terminal:
+        assert topic.built is not None
+        self._deliver(sub, topic.text, topic.built[0])
+        if topic.built[1].terminal:
             sub._close(CloseReason.FINISHED)
             if not topic.owned:
                 del self._topics[job_id]
@@ -229,6 +232,7 @@ class ProgressHub:
         progress = build(topic.latest, topic.rate.per_sec(now))
         topic.built = (topic.latest.revision, progress)
         topic.text = progress.encode()
+        self._stats.published += 1
         return progress
 
     def _flush(self, job_id: UUID, topic: _Topic, now: float) -> None:
@@ -236,12 +240,11 @@ class ProgressHub:
         topic.last_flush = now
         if topic.built is None or topic.built[0] != topic.latest.revision:
             self._build(topic, now)
-            self._stats.published += 1
-            for sub in list(topic.subscribers):
-                self._deliver(sub, topic.text, topic)
-        # else a subscriber's snapshot already carried this revision to everyone listening
         assert topic.built is not None
-        progress = topic.built[1]
+        revision, progress = topic.built
+        for sub in list(topic.subscribers):
+            if sub._sent != revision:  # a snapshot may have carried it already
+                self._deliver(sub, topic.text, revision, topic)
         if progress.terminal:
             for sub in topic.subscribers:
                 sub._close(CloseReason.FINISHED)
@@ -251,7 +254,9 @@ class ProgressHub:
             if len(self._finished) > FINISHED_KEPT:
                 self._finished.popitem(last=False)
 
-    def _deliver(self, sub: Subscription, text: str, topic: _Topic | None = None) -> None:
+    def _deliver(
+        self, sub: Subscription, text: str, revision: int, topic: _Topic | None = None
+    ) -> None:
         try:
             sub._send.send_nowait(text)
         except trio.WouldBlock:
@@ -261,6 +266,7 @@ class ProgressHub:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the subscriber left
         else:
+            sub._sent = revision
             self._stats.delivered += 1
             return
         if topic is not None and sub in topic.subscribers:
