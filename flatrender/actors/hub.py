@@ -132,12 +132,17 @@ class ProgressHub:
 
     # ------------------------------------------------------------------ the subscribers' side
 
-    def subscribe(self, seed: ProgressInputs, seed_rate: FrameRate | None = None) -> Subscription:
+    def subscribe(
+        self,
+        job_id: UUID,
+        seed: ProgressInputs | None = None,
+        seed_rate: FrameRate | None = None,
+    ) -> Subscription | None:
         """A subscription whose first message is the job's current RenderProgress.
 
-        ``seed`` (the job as PostgreSQL has it) is used only when no newer state is known.
+        ``seed`` (the job as PostgreSQL has it) is used only when no newer state is known;
+        without one, None when the hub does not know the job (load it, and ask again).
         """
-        job_id = seed.state.job_id
         sub = Subscription(job_id, self.buffer)
         if self._closing:
             sub._close(CloseReason.GOING_AWAY)
@@ -148,8 +153,12 @@ class ProgressHub:
             sub._close(CloseReason.FINISHED)
             return sub
         topic = self._topics.get(job_id)
-        if topic is None or (not topic.owned and topic.latest.revision < seed.revision):
+        if seed is not None and (
+            topic is None or (not topic.owned and topic.latest.revision < seed.revision)
+        ):
             topic = self._seed(seed, seed_rate, topic)
+        if topic is None:
+            return None
         if topic.built is None or topic.built[0] != topic.latest.revision:
             # The snapshot is the newest state; the others get it at the topic's next flush.
             self._build(topic, trio.current_time())

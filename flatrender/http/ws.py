@@ -57,22 +57,29 @@ async def _watch(job_text: str) -> tuple[int, str]:
         job_id = UUID(job_text)
     except ValueError:
         return NOT_FOUND, "no such render job"
-    loaded = await stored.load(state().db, job_id)
-    if loaded is None:
+    owner = await stored.owner(state().db, job_id)
+    if owner is None:
         return NOT_FOUND, "no such render job"
-    row, inputs, recent = loaded
-    if not principal.can_see(row.user_id):
+    if not principal.can_see(owner):
         return FORBIDDEN, "this render job belongs to another user"
-    now = trio.current_time()
-    rate = seeded_rate(now, frames_reported(inputs.state), recent)
     live = hub()
-    if live is None:  # no actors (a read-only app): one snapshot, and come back later
-        progress = build(inputs, rate.per_sec(now))
-        await websocket.send(progress.encode())
-        if progress.terminal:
-            return CloseReason.FINISHED.value, REASONS[CloseReason.FINISHED]
-        return RETRY_LATER, "live progress is not available yet"
-    subscription = live.subscribe(inputs, rate)
+    # A live job's snapshot is the hub's: a connect then costs one query, not a state load.
+    subscription = None if live is None else live.subscribe(job_id)
+    if subscription is None:
+        loaded = await stored.load(state().db, job_id)
+        if loaded is None:
+            return NOT_FOUND, "no such render job"
+        _, inputs, recent = loaded
+        now = trio.current_time()
+        rate = seeded_rate(now, frames_reported(inputs.state), recent)
+        if live is None:  # no actors (a read-only app): one snapshot, and come back later
+            progress = build(inputs, rate.per_sec(now))
+            await websocket.send(progress.encode())
+            if progress.terminal:
+                return CloseReason.FINISHED.value, REASONS[CloseReason.FINISHED]
+            return RETRY_LATER, "live progress is not available yet"
+        subscription = live.subscribe(job_id, inputs, rate)
+    assert live is not None and subscription is not None  # a seeded subscribe subscribes
     return await _forward(live, subscription)
 
 

@@ -14,6 +14,15 @@ WHERE f.job_id = $1 AND r.received_at > now() - make_interval(secs => $2)
 """
 
 
+OWNER = "SELECT user_id FROM render_jobs WHERE id = $1 AND kind = 'Render'"
+
+
+async def owner(db: Database | Connection, job_id: UUID) -> UUID | None:
+    """The render job's owner; None when there is no such render job."""
+    value = await db.fetchval(OWNER, job_id)
+    return None if value is None else UUID(str(value))
+
+
 async def load(
     db: Database | Connection, job_id: UUID
 ) -> tuple[jobs.JobRow, ProgressInputs, int] | None:

@@ -42,6 +42,12 @@ def inputs(frames_done: int, revision: int, **kw: JobStep) -> ProgressInputs:
     return ProgressInputs(job(frames_done, **kw), revision)
 
 
+def sub_(hub: ProgressHub, seed: ProgressInputs) -> Subscription:
+    sub = hub.subscribe(seed.state.job_id, seed)
+    assert sub is not None
+    return sub
+
+
 def drain(sub: Subscription) -> list[dict[str, object]]:
     out = []
     while True:
@@ -55,7 +61,7 @@ async def test_changes_are_coalesced_to_ten_a_second_and_the_latest_wins(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     hub = await nursery.start(ProgressHub().run)
-    sub = hub.subscribe(inputs(0, 1))
+    sub = sub_(hub, inputs(0, 1))
     assert [m["current_frame"] for m in drain(sub)] == [None]  # the snapshot
     start = trio.current_time()
     received: list[tuple[float, int]] = []
@@ -80,8 +86,8 @@ async def test_a_slow_subscriber_is_dropped_while_a_fast_one_gets_everything(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     hub = await nursery.start(ProgressHub(buffer=4).run)
-    slow = hub.subscribe(inputs(0, 1))  # never reads
-    fast = hub.subscribe(inputs(0, 1))
+    slow = sub_(hub, inputs(0, 1))  # never reads
+    fast = sub_(hub, inputs(0, 1))
     seen = drain(fast)
     for frame in range(1, 21):
         hub.publish(inputs(frame, frame + 1))
@@ -99,7 +105,7 @@ async def test_the_final_message_then_close_finished_and_late_subscribers_get_it
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     hub = await nursery.start(ProgressHub().run)
-    sub = hub.subscribe(inputs(10, 1))
+    sub = sub_(hub, inputs(10, 1))
     hub.publish(inputs(10, 2, step=JobStep.CANCELLED))
     await trio.sleep(0.2)
     messages = [json.loads(m) async for m in sub.messages]  # ends: the hub closed it
@@ -107,7 +113,7 @@ async def test_the_final_message_then_close_finished_and_late_subscribers_get_it
     assert sub.reason is CloseReason.FINISHED
     assert hub.statistics().subscribers == 0 and hub.statistics().topics == 0
     # A watcher that read the job from the database just before the end still gets the end.
-    late = hub.subscribe(inputs(10, 1))
+    late = sub_(hub, inputs(10, 1))
     assert [m["step"] for m in drain(late)] == ["Cancelled"]
     assert late.reason is CloseReason.FINISHED
     assert hub.current(JOB) is not None and hub.current(JOB).step == "Cancelled"  # type: ignore[union-attr]
@@ -122,7 +128,7 @@ async def test_current_is_the_newest_state_and_a_stale_seed_does_not_win(
     assert hub.current(JOB) is None
     hub.publish(inputs(50, 9))
     assert hub.current(JOB).current_frame == 49  # type: ignore[union-attr]
-    sub = hub.subscribe(inputs(5, 3))  # read from PostgreSQL before the last commits
+    sub = sub_(hub, inputs(5, 3))  # read from PostgreSQL before the last commits
     await trio.sleep(0.2)
     assert [m["current_frame"] for m in drain(sub)] == [49]
     hub.publish(inputs(40, 8))  # out of order: ignored
@@ -133,16 +139,16 @@ async def test_close_all_closes_everyone_going_away_and_refuses_newcomers(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     hub = await nursery.start(ProgressHub().run)
-    subs = [hub.subscribe(inputs(0, 1)) for _ in range(3)]
+    subs = [sub_(hub, inputs(0, 1)) for _ in range(3)]
     hub.close_all()
     assert all(s.reason is CloseReason.GOING_AWAY for s in subs)
-    assert hub.subscribe(inputs(0, 1)).reason is CloseReason.GOING_AWAY
+    assert sub_(hub, inputs(0, 1)).reason is CloseReason.GOING_AWAY
     assert hub.statistics().subscribers == 0
 
 
 async def test_a_subscriber_that_leaves_stops_counting(nursery: trio.Nursery) -> None:
     hub = await nursery.start(ProgressHub().run)
-    sub = hub.subscribe(inputs(0, 1))
+    sub = sub_(hub, inputs(0, 1))
     assert (hub.statistics().subscribers, hub.statistics().topics) == (1, 1)
     hub.unsubscribe(sub)
     # Nobody publishes for this job and nobody listens: the seeded topic goes.
@@ -153,7 +159,7 @@ async def test_publishing_never_waits_even_with_a_thousand_stuck_subscribers(
     nursery: trio.Nursery,
 ) -> None:
     hub = await nursery.start(ProgressHub(buffer=1, interval=0.0).run)
-    subs = [hub.subscribe(inputs(0, 1)) for _ in range(1000)]
+    subs = [sub_(hub, inputs(0, 1)) for _ in range(1000)]
     for frame in range(1, 4):
         hub.publish(inputs(frame, frame + 1))  # synchronous: cannot block
         await trio.testing.wait_all_tasks_blocked()
@@ -166,11 +172,11 @@ async def test_a_newcomer_gets_the_newest_state_once_and_the_others_at_the_next_
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     hub = await nursery.start(ProgressHub().run)
-    first = hub.subscribe(inputs(0, 1))
+    first = sub_(hub, inputs(0, 1))
     hub.publish(inputs(5, 2))
     await trio.sleep(0.01)  # flushed at once: the topic had not flushed for an interval
     hub.publish(inputs(6, 3))  # now within the interval: pending
-    second = hub.subscribe(inputs(0, 1))
+    second = sub_(hub, inputs(0, 1))
     assert [m["current_frame"] for m in drain(second)] == [5]
     await trio.sleep(0.2)
     assert [m["current_frame"] for m in drain(first)] == [None, 4, 5]
