@@ -35,11 +35,13 @@ import asyncio
 import bisect
 import json
 import math
+import os
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -65,11 +67,47 @@ class Watcher:
 
 
 @dataclass
+class Machine:
+    """CPU of the whole machine and of the agents over a window (the other load on the box)."""
+
+    agent_pids: list[int]
+    wall: float = 0.0
+    busy_cores: float = 0.0  # all processes, in cores
+    agents_cores: float = 0.0
+    _t0: float = 0.0
+    _stat0: tuple[int, int] = (0, 0)
+    _agents0: int = 0
+
+    def start(self) -> Machine:
+        self._t0, self._stat0 = time.monotonic(), _proc_stat()
+        self._agents0 = sum(h.proc_cpu_ticks(p) for p in self.agent_pids)
+        return self
+
+    def stop(self) -> Machine:
+        self.wall = time.monotonic() - self._t0
+        busy, total = _proc_stat()
+        cores = os.cpu_count() or 1
+        share = (busy - self._stat0[0]) / max(total - self._stat0[1], 1)
+        self.busy_cores = share * cores
+        agents = sum(h.proc_cpu_ticks(p) for p in self.agent_pids) - self._agents0
+        self.agents_cores = agents / h.CLK_TCK / max(self.wall, 1e-9)
+        return self
+
+
+def _proc_stat() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+@dataclass
 class Run:
     jobs: list[UUID]
     watchers: list[Watcher]
     baseline: h.CpuMeter | None = None
     measured: h.CpuMeter | None = None
+    machine: Machine | None = None
     window: tuple[float, float] = (0.0, 0.0)
     baseline_window: tuple[float, float] = (0.0, 0.0)
     connect_sec: float = 0.0
@@ -107,7 +145,9 @@ def frames_needed(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ the measured run (trio)
 
 
-async def measure(args: argparse.Namespace, env: h.Environment, daemon: h.DaemonProcess) -> Run:
+async def measure(
+    args: argparse.Namespace, env: h.Environment, daemon: h.DaemonProcess, agent_pids: list[int]
+) -> Run:
     secrets = farm.secrets_of(env)
     user = uuid4()
     user_token = mint_token(secrets.jwt_secret, user, ttl_sec=6 * 3600)
@@ -211,9 +251,11 @@ async def measure(args: argparse.Namespace, env: h.Environment, daemon: h.Daemon
             run.connect_sec = time.monotonic() - started
             progress(f"measuring {args.window:.0f} s")
             run.measured = h.CpuMeter(daemon, env.pg).start()
+            run.machine = Machine(agent_pids).start()
             t0 = time.time()
             await trio.sleep(args.window)
             run.measured.stop()
+            run.machine.stop()
             run.window = (t0, time.time())
             progress("cancelling every job: each watcher gets Cancelled, then 1000")
             for job in jobs:
@@ -329,8 +371,10 @@ def report(args: argparse.Namespace, run: Run, reports: list[Any]) -> None:
         for i in range(len(times)):
             busiest = max(busiest, bisect.bisect_left(times, times[i] + 1.0) - i)
     sent, received = latencies(run, reports)
-    base_cpu_rate = run.baseline.daemon_sec / max(run.baseline.wall, 1e-9)
-    extra = run.measured.daemon_sec - base_cpu_rate * run.measured.wall
+    # The daemon's CPU per frame report (and the heartbeats around it), without watchers; the
+    # report rate changes once watchers load the machine, so scale by reports, not by time.
+    per_report = run.baseline.daemon_sec / max(base_reports, 1)
+    extra = run.measured.daemon_sec - per_report * window_reports
     finals = sum(
         1
         for w in run.watchers
@@ -375,7 +419,13 @@ def report(args: argparse.Namespace, run: Run, reports: list[Any]) -> None:
         print(
             "  daemon CPU per delivered message: "
             f"{run.measured.daemon_sec / delivered * 1e6:.0f} µs "
-            f"total, {max(extra, 0.0) / delivered * 1e6:.0f} µs above the no-watcher baseline"
+            f"total, {max(extra, 0.0) / delivered * 1e6:.0f} µs for the fan-out (the CPU beyond "
+            f"{per_report * 1e3:.1f} ms per frame report, the no-watcher baseline)"
+        )
+    if run.machine is not None:
+        print(
+            f"  the machine           {run.machine.busy_cores:.2f} of {os.cpu_count()} cores busy "
+            f"(agents {run.machine.agents_cores:.2f})"
         )
     print(f"  dropped (1013)        {dropped}")
     print(
@@ -424,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                             env.root, env.port, token, f"ws{i}", n, frame_time=args.frame_time
                         )
                         agents.append(agent.start())
-                run = trio.run(measure, args, env, daemon)
+                pids = [a.proc.pid for a in agents if a.proc is not None]
+                run = trio.run(measure, args, env, daemon, pids)
                 reports = asyncio.run(fetch_reports(env.db_url, run.jobs))
             finally:
                 for agent in agents:

@@ -168,3 +168,7 @@ async def test_watch_exits_nonzero_on_cancel_and_shutdown_closes_1001_promptly(
                 daemon.stop()
         assert closed["code"] == 1001
         assert closed["at"] - asked < 1.0  # not Hypercorn's 2 s grace, then a 1006
+
+
+def test_the_daemon_asks_hypercorn_for_keepalive_pings(config: Config) -> None:
+    assert Daemon(config)._hypercorn_config().websocket_ping_interval == 20.0

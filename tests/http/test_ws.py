@@ -11,6 +11,7 @@ import pytest
 import trio
 from quart.testing.connections import WebsocketDisconnectError
 
+from flatrender.actors.hub import CloseReason
 from flatrender.domain.job_model import JobState, JobStep
 from flatrender.domain.progress import ProgressInputs
 from flatrender.http.common import AppState
@@ -130,3 +131,27 @@ async def test_a_burst_of_changes_reaches_a_watcher_coalesced_latest_last(
 async def test_the_route_is_in_the_served_openapi_document(client: Any, path: str) -> None:
     doc = await (await client.get("/v1/openapi.json")).get_json()
     assert set(doc["x-websockets"][path]["close_codes"]) >= {"1000", "1001", "1013", "4401"}
+
+
+@pytest.mark.parametrize(
+    ("close", "code"),
+    [("too_slow", 1013), ("shutdown", 1001)],
+)
+async def test_the_hub_closing_a_subscriber_closes_its_socket_with_that_code(
+    client: Any, db: Database, tokens: Tokens, app_state: AppState, close: str, code: int
+) -> None:
+    job_id = await a_job(client, db, tokens)
+    assert app_state.actors is not None
+    hub = app_state.actors.hub
+    with trio.fail_after(10):
+        async with client.websocket(f"/ws/v1/render/{job_id}", headers=bearer(tokens.user)) as ws:
+            await ws.receive()
+            if close == "too_slow":
+                [subscriber] = hub._topics[UUID(job_id)].subscribers
+                subscriber._close(CloseReason.TOO_SLOW)  # what the hub does when it is full
+            else:
+                hub.close_all()
+            with pytest.raises(WebsocketDisconnectError) as closed:
+                while True:
+                    await ws.receive()
+    assert closed.value.args[0] == code
