@@ -432,11 +432,16 @@ def report(args: argparse.Namespace, run: Run, reports: list[Any]) -> None:
         f"  after cancel: {finals}/{len(run.watchers)} got Cancelled then 1000, "
         f"p99 {percentile(close_times, 99) * 1000:.0f} ms after their job's cancel answered"
     )
-    p99 = percentile(sent, 99)
-    verdict = "PASS" if p99 < TARGET_P99_SEC else "FAIL"
+    for name, values in (("the report's commit", received), ("the node's send", sent)):
+        p99 = percentile(values, 99)
+        verdict = "PASS" if p99 < TARGET_P99_SEC else "FAIL"
+        print(
+            f"{verdict}: p99 from {name} to the watchers {p99 * 1000:.0f} ms "
+            f"(target < {TARGET_P99_SEC * 1000:.0f} ms)"
+        )
     print(
-        f"{verdict}: p99 report -> watcher {p99 * 1000:.0f} ms "
-        f"(target < {TARGET_P99_SEC * 1000:.0f} ms)"
+        "  (a report's arrival lies between the two: the node's send also counts the report's "
+        "own HTTP request and its wait for the job actor, before the commit begins)"
     )
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger("flatrender.hub")
 
 FLUSH_INTERVAL_SEC = 0.1  # at most 10 messages a second per job
 SUBSCRIBER_BUFFER = 32  # messages a subscriber may lag before it is dropped (~3 s at full rate)
-FINISHED_KEPT = 4096
+FINISHED_KEPT = 1024  # finished jobs whose final message a late subscriber still gets
 
 
 class CloseReason(enum.Enum):
