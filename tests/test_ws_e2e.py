@@ -135,7 +135,10 @@ async def test_watch_exits_nonzero_on_cancel_and_shutdown_closes_1001_promptly(
             doomed = await submit(http, user_token, project)
 
             async def cancel_soon() -> None:
-                await trio.sleep(3)  # the command is connected and watching by then
+                assert daemon.app_state is not None and daemon.app_state.actors is not None
+                hub = daemon.app_state.actors.hub
+                while hub.statistics().subscribers < 1:  # the command is watching  # noqa: ASYNC110
+                    await trio.sleep(0.1)
                 cancel = await http.post(f"/v1/renders/{doomed}/cancel", headers=bearer(user_token))
                 assert cancel.status_code == 200
 
