@@ -41,11 +41,17 @@ REASONS = {
 }
 
 
+# A client that has not taken a message in this long is gone or stuck: stop writing to it.
+SEND_TIMEOUT_SEC = 30.0
+
+
 @bp.websocket("/ws/v1/render/<job_id>")
 async def watch_render(job_id: str) -> None:
     await websocket.accept()
     code, reason = await _watch(job_id)
-    await websocket.close(code, reason)
+    # Bounded too: a stuck peer would hold the close frame (and this task) forever.
+    with trio.move_on_after(SEND_TIMEOUT_SEC):
+        await websocket.close(code, reason)
 
 
 async def _watch(job_text: str) -> tuple[int, str]:
@@ -88,7 +94,10 @@ async def _forward(live: ProgressHub, subscription: Subscription) -> tuple[int, 
         async for text in subscription.messages:
             if subscription.reason in (CloseReason.TOO_SLOW, CloseReason.GOING_AWAY):
                 break  # what is still buffered is stale, or nobody will wait for it
-            await websocket.send(text)
+            with trio.move_on_after(SEND_TIMEOUT_SEC) as stuck:
+                await websocket.send(text)
+            if stuck.cancelled_caught:
+                return RETRY_LATER, REASONS[CloseReason.TOO_SLOW]
     finally:
         live.unsubscribe(subscription)
     reason = subscription.reason
