@@ -12,6 +12,9 @@ snapshot. A terminal state is flushed as the final message, then its subscribers
 racing the end still gets the final message. ``close_all`` (the daemon drains) closes every
 subscriber ``GOING_AWAY`` (1001) and refuses new ones.
 
+An admin topic follows node status changes (``node_changed``, from the node actors): a snapshot
+of every node, then batches of the changes (the latest status per node) at most 10 a second.
+
 The hub owns only in-memory state that the job actors publish again: an actor restart re-publishes
 its job, and a subscriber's seed (loaded from PostgreSQL) fills a topic nobody published yet.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import json
 import logging
 import math
 from collections import OrderedDict
@@ -40,6 +44,7 @@ log = logging.getLogger("flatrender.hub")
 
 FLUSH_INTERVAL_SEC = 0.1  # at most 10 messages a second per job
 SUBSCRIBER_BUFFER = 32  # messages a subscriber may lag before it is dropped (~3 s at full rate)
+NODES = UUID(int=0)  # the admin topic of node status changes, keyed apart from the jobs
 FINISHED_KEPT = 1024  # finished jobs whose final message a late subscriber still gets
 
 
@@ -107,6 +112,13 @@ class ProgressHub:
         self._sleep_until = math.inf
         self._closing = False
         self._stats = HubStatistics()
+        # The admin topic: the latest status of every node that changed since the start (it
+        # overlays a subscriber's snapshot, which may be older) and the changes not yet sent.
+        self._node_status: dict[UUID, str] = {}
+        self._node_changes: dict[UUID, str] = {}
+        self._node_subs: set[Subscription] = set()
+        self._node_last_flush = -math.inf
+        self._node_revision = 0
 
     # ------------------------------------------------------------------ the job actors' side
 
@@ -130,7 +142,32 @@ class ProgressHub:
             if due < self._sleep_until:
                 self._wake.set()
 
+    def node_changed(self, node_id: UUID, status: str) -> None:
+        """A node's status changed (called after its commit); never blocks."""
+        self._node_status[node_id] = status
+        self._node_changes[node_id] = status
+        if len(self._node_changes) == 1:  # the first change since the last flush
+            due = max(self._node_last_flush + self.interval, trio.current_time())
+            heapq.heappush(self._due, (due, NODES))
+            if due < self._sleep_until:
+                self._wake.set()
+
     # ------------------------------------------------------------------ the subscribers' side
+
+    def subscribe_nodes(self, snapshot: list[dict[str, str]]) -> Subscription:
+        """The admin topic: first every node (``snapshot`` from PostgreSQL, overlaid with the
+        newer statuses the hub has seen), then batches of changes, at most 10 a second."""
+        sub = Subscription(NODES, self.buffer)
+        if self._closing:
+            sub._close(CloseReason.GOING_AWAY)
+            return sub
+        nodes = [
+            {**n, "status": self._node_status.get(UUID(n["id"]), n["status"])} for n in snapshot
+        ]
+        self._deliver(sub, json.dumps({"type": "snapshot", "nodes": nodes}), self._node_revision)
+        self._node_subs.add(sub)
+        self._stats.subscribers += 1
+        return sub
 
     def subscribe(
         self,
@@ -183,6 +220,9 @@ class ProgressHub:
         return topic
 
     def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._node_subs:
+            self._node_subs.discard(sub)
+            self._stats.subscribers -= 1
         topic = self._topics.get(sub.job_id)
         if topic is not None and sub in topic.subscribers:
             topic.subscribers.discard(sub)
@@ -213,6 +253,10 @@ class ProgressHub:
                 sub._close(CloseReason.GOING_AWAY)
             self._stats.subscribers -= len(topic.subscribers)
             topic.subscribers = set()
+        for sub in self._node_subs:
+            sub._close(CloseReason.GOING_AWAY)
+        self._stats.subscribers -= len(self._node_subs)
+        self._node_subs = set()
 
     def statistics(self) -> HubStatistics:
         return attrs.evolve(self._stats, topics=len(self._topics))
@@ -228,6 +272,9 @@ class ProgressHub:
             now = trio.current_time()
             while self._due and self._due[0][0] <= now:
                 _, job_id = heapq.heappop(self._due)
+                if job_id == NODES:
+                    self._flush_nodes(now)
+                    continue
                 topic = self._topics.get(job_id)
                 if topic is not None and topic.dirty:
                     self._flush(job_id, topic, now)
@@ -262,6 +309,21 @@ class ProgressHub:
             self._finished[job_id] = (topic.latest.revision, progress, topic.text)
             if len(self._finished) > FINISHED_KEPT:
                 self._finished.popitem(last=False)
+
+    def _flush_nodes(self, now: float) -> None:
+        changes, self._node_changes = self._node_changes, {}
+        self._node_last_flush = now
+        self._node_revision += 1
+        if not changes or not self._node_subs:
+            return
+        nodes = [{"id": str(node), "status": status} for node, status in changes.items()]
+        text = json.dumps({"type": "changes", "nodes": nodes})
+        self._stats.published += 1
+        for sub in list(self._node_subs):
+            self._deliver(sub, text, self._node_revision)
+            if sub.reason is not None:
+                self._node_subs.discard(sub)
+                self._stats.subscribers -= 1
 
     def _deliver(
         self, sub: Subscription, text: str, revision: int, topic: _Topic | None = None

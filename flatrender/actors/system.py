@@ -1,11 +1,10 @@
 """The actor system: the root supervisor and the long-lived actors under it (DESIGN §1).
 
 Order matters and is explicit: the health writer first (node actors feed it), the progress hub
-(job actors publish to it), then the fleet (node actors rebuilt from PostgreSQL), the jobs (job
-actors rebuilt and resumed), the scheduler that pairs their work, the software rollout (it talks
-to node actors), then the reaper. Each is
-a PERMANENT child of the root supervisor; an actor object survives its own restarts, so handles
-held elsewhere stay valid.
+(job and node actors publish to it), then the fleet (node actors rebuilt from PostgreSQL), the
+jobs (job actors rebuilt and resumed), the scheduler that pairs their work, the software rollout
+(it talks to node actors), then the reaper. Each is a PERMANENT child of the root supervisor; an
+actor object survives its own restarts, so handles held elsewhere stay valid.
 """
 
 from __future__ import annotations
@@ -64,6 +63,7 @@ class ActorSystem:
         self.config = config
         self.root = Supervisor(policy, name="root")
         self.health = HealthWriter(db)
+        self.hub = ProgressHub()
         self.fleet = Fleet(
             NodeDeps(
                 db=db,
@@ -75,10 +75,10 @@ class ActorSystem:
                 work_waiting=lambda: self.scheduler.work_waiting(),
                 fleet_size=lambda: self.fleet.size(),
                 node_idle=lambda: self.scheduler.wake(),
+                status_changed=self.hub.node_changed,
             )
         )
         self.merger = Merger(store)
-        self.hub = ProgressHub()
         self.jobs = JobSystem(
             JobDeps(
                 db=db,

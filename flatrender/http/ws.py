@@ -7,6 +7,9 @@ Then one RenderProgress snapshot, one message per change (the ProgressHub coales
 a second), and after the final message in a terminal step, close 1000. The hub closes a
 subscriber 1013 when it reads too slowly and 1001 when the daemon drains. Keep-alive pings are
 Hypercorn's (``websocket_ping_interval``, set by the daemon).
+
+``/ws/v1/nodes`` (admins and services; 4403 for a user) is the hub's admin topic: every node's
+status, then batches of status changes, for tooling that follows the fleet.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from flatrender.http.auth import Principal, authenticate, authenticate_token
 from flatrender.http.common import state
 from flatrender.http.errors import ApiError
 from flatrender.http.progress import hub
+from flatrender.persistence import nodes
 from flatrender.persistence import progress as stored
 
 log = logging.getLogger("flatrender.ws")
@@ -89,6 +93,30 @@ async def _watch(job_text: str) -> tuple[int, str]:
     return await _forward(live, subscription)
 
 
+@bp.websocket("/ws/v1/nodes")
+async def watch_nodes() -> None:
+    """Admin topic: every node's status, then batches of changes (at most 10 a second)."""
+    await websocket.accept()
+    code, reason = await _watch_nodes()
+    with trio.move_on_after(SEND_TIMEOUT_SEC):
+        await websocket.close(code, reason)
+
+
+async def _watch_nodes() -> tuple[int, str]:
+    try:
+        principal = _principal()
+    except ApiError as e:
+        return UNAUTHORIZED, e.message
+    if not principal.is_admin:
+        return FORBIDDEN, "node status is for administrators"
+    live = hub()
+    if live is None:
+        return RETRY_LATER, "live node status is not available yet"
+    rows = await nodes.list_nodes(state().db, None, None)
+    snapshot = [{"id": str(r.id), "name": r.name, "status": r.status.value} for r in rows]
+    return await _forward(live, live.subscribe_nodes(snapshot))
+
+
 async def _forward(live: ProgressHub, subscription: Subscription) -> tuple[int, str]:
     try:
         async for text in subscription.messages:
@@ -102,7 +130,7 @@ async def _forward(live: ProgressHub, subscription: Subscription) -> tuple[int, 
         live.unsubscribe(subscription)
     reason = subscription.reason
     if reason is None:  # cannot happen: only the hub ends a subscription
-        log.error("job %s: a subscription ended without a reason", subscription.job_id)
+        log.error("topic %s: a subscription ended without a reason", subscription.job_id)
         return 1011, "internal error"
     return reason.value, REASONS[reason]
 

@@ -181,3 +181,40 @@ async def test_a_newcomer_gets_the_newest_state_once_and_the_others_at_the_next_
     await trio.sleep(0.2)
     assert [m["current_frame"] for m in drain(first)] == [None, 4, 5]
     assert drain(second) == []  # its snapshot already was revision 3
+
+
+async def test_node_changes_reach_admins_in_batches_latest_status_per_node(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    hub = await nursery.start(ProgressHub().run)
+    a, b = uuid4(), uuid4()
+    hub.node_changed(a, "Busy")  # before anyone listens: overlays a later (older) snapshot
+    admin = hub.subscribe_nodes(
+        [
+            {"id": str(a), "name": "a", "status": "Idle"},
+            {"id": str(b), "name": "b", "status": "Idle"},
+        ]
+    )
+    await trio.sleep(0.2)
+    snapshot, *repeated = drain(admin)
+    # The change pending at subscribe time may come again: the snapshot already said so.
+    assert repeated in ([], [{"type": "changes", "nodes": [{"id": str(a), "status": "Busy"}]}])
+    assert snapshot == {
+        "type": "snapshot",
+        "nodes": [
+            {"id": str(a), "name": "a", "status": "Busy"},
+            {"id": str(b), "name": "b", "status": "Idle"},
+        ],
+    }
+    for status in ("Busy", "Offline", "Idle"):  # one burst: one message, the latest per node
+        hub.node_changed(b, status)
+    hub.node_changed(a, "Idle")
+    await trio.sleep(0.2)
+    assert drain(admin) == [
+        {
+            "type": "changes",
+            "nodes": [{"id": str(b), "status": "Idle"}, {"id": str(a), "status": "Idle"}],
+        }
+    ]
+    hub.unsubscribe(admin)
+    assert hub.statistics().subscribers == 0

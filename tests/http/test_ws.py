@@ -18,6 +18,7 @@ from flatrender.http.common import AppState
 from flatrender.persistence import ledger
 from flatrender.persistence.db import Database
 from tests.helpers import Tokens, bearer
+from tests.http.test_nodes_admin import beat
 from tests.http.test_renders import make_project, render_body, submit
 
 
@@ -155,3 +156,30 @@ async def test_the_hub_closing_a_subscriber_closes_its_socket_with_that_code(
                 while True:
                     await ws.receive()
     assert closed.value.args[0] == code
+
+
+async def test_the_nodes_topic_is_for_admins_with_a_snapshot_then_changes(
+    client: Any, tokens: Tokens, app_state: AppState
+) -> None:
+    assert await closed_with(client, "/ws/v1/nodes") == ([], 4401)
+    assert await closed_with(client, "/ws/v1/nodes", headers=bearer(tokens.user)) == ([], 4403)
+    body = {
+        "name": "ws-node",
+        "region": "local",
+        "node_ip": "10.0.0.9",
+        "worker_port": 9000,
+        "current_ae_version": "2024",
+    }
+    created = await client.post("/v1/nodes", json=body, headers=bearer(tokens.service))
+    assert created.status_code == 201, await created.get_json()
+    node_id = (await created.get_json())["id"]
+    assert app_state.actors is not None
+    with trio.fail_after(10):
+        async with client.websocket("/ws/v1/nodes", headers=bearer(tokens.admin)) as ws:
+            snapshot = json.loads(await ws.receive())
+            assert snapshot["type"] == "snapshot"
+            assert {"id": node_id, "name": "ws-node", "status": "Offline"} in snapshot["nodes"]
+            await beat(app_state.actors, UUID(node_id))  # its first heartbeat: Online
+            change = json.loads(await ws.receive())
+    assert change["type"] == "changes"
+    assert {"id": node_id, "status": "Idle"} in change["nodes"]
