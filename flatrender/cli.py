@@ -1,4 +1,4 @@
-"""The ``flatrender`` command: serve, migrate, dev, node-secret, token."""
+"""The ``flatrender`` command: serve, migrate, dev, node-secret, token, watch."""
 
 from __future__ import annotations
 
@@ -89,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     _config_arg(p, required=False)
     p.set_defaults(run=_token)
+
+    p = sub.add_parser(
+        "watch",
+        help="follow a render live: progress bar, then the export's link",
+        description="Follow render JOB_ID over the progress WebSocket until it ends, then print "
+        "its export's download link. Exit 0 when Completed, 1 when Failed or Cancelled, 2 when "
+        "refused, 3 when the orchestrator cannot be reached. --api and --token default to "
+        ".state/dev.json (written by `flatrender dev`).",
+    )
+    p.add_argument("job_id", type=UUID, metavar="JOB_ID")
+    p.add_argument("--api", help="orchestrator base URL (default: dev.json's, or :8080)")
+    p.add_argument("--token", help="user JWT or service token (default: dev.json's user token)")
+    p.add_argument("--state-dir", type=Path, default=Path(".state"), help=argparse.SUPPRESS)
+    p.set_defaults(run=_watch)
 
     from flatrender.agent.cli import add_parser as add_agent
     from flatrender.updates_cli import add_parser as add_updates
@@ -181,6 +195,12 @@ def _token(args: argparse.Namespace) -> int:
         raise ConfigError("[auth] jwt_secret: must be set")
     print(mint_token(secret, args.user, args.role, args.ttl))
     return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from flatrender.watch import run_watch
+
+    return run_watch(args.job_id, args.api, args.token, args.state_dir)
 
 
 def _dev_value(key: str) -> str:

@@ -34,6 +34,7 @@ log = logging.getLogger("flatrender.daemon")
 
 # Time the actors get to finish the message in hand once the HTTP front has drained.
 STOP_ACTORS_SEC = 3.0
+WS_PING_INTERVAL_SEC = 20.0
 # Keys whose change needs a restart: a reload keeps the old value and says so.
 RESTART_ONLY = (("http", "host"), ("http", "port"), ("database", "url"), ("s3", "endpoint"))
 
@@ -89,6 +90,9 @@ class Daemon:
                 task_status.started(self)
                 await self._stop.wait()
                 systemd.stopping()
+                # WebSocket watchers hold their connections open: close them now (1001) or
+                # Hypercorn waits out its grace period and they see 1006.
+                system.hub.close_all()
                 log.info(
                     "stopping: no new connections; in-flight requests get %ss", cfg.http.grace_sec
                 )
@@ -148,6 +152,8 @@ class Daemon:
             self.listen_fds, self.config.http.host, self.config.http.port
         )
         hc.graceful_timeout = self.config.http.grace_sec
+        # Server pings keep idle progress WebSockets alive through proxies that cut silence.
+        hc.websocket_ping_interval = WS_PING_INTERVAL_SEC
         # Hypercorn re-listens on an inherited socket: keep the queue systemd set up.
         hc.backlog = 1024
         hc.accesslog = None

@@ -363,6 +363,7 @@ class JobActor(JobEffects):
                     self.state.job_id,
                     check.preview_b64,
                 )
+                self.preview_b64 = check.preview_b64
 
         event = js.OutputValidated(range_id, check.ok, check.error, check.width, check.height)
         await self._apply(event, also=preview)

@@ -27,6 +27,7 @@ from flatrender.config import Config
 from flatrender.domain import job_steps as js
 from flatrender.domain.model import CommandType
 from flatrender.domain.notify import job_end_payload
+from flatrender.domain.progress import ProgressInputs
 from flatrender.persistence import job_state, jobs, ledger, notifications, snapshots
 from flatrender.persistence.db import Connection, Database
 from flatrender.storage import ObjectStore
@@ -45,6 +46,8 @@ class JobDeps:
     wake_scheduler: Callable[[], None]
     # A job-end notification was committed (tell_me_when_done): the Notifier may deliver it.
     notification_written: Callable[[], None] = lambda: None
+    # Told every committed state (the ProgressHub's publish); must not block.
+    progress: Callable[[ProgressInputs], None] = lambda _: None
 
 
 class JobEffects:
@@ -66,6 +69,8 @@ class JobEffects:
         self.cancel_reason = row.cancel_reason
         # When each range's first frame came in (trio time): its holder's pace, for trims.
         self._first_frame_at: dict[UUID, float] = {}
+        self.preview_b64 = row.image_preview_b64
+        self._publish()
 
     # ------------------------------------------------------------------ deciding and committing
 
@@ -107,8 +112,16 @@ class JobEffects:
         self.state = new
         if notify:
             self.deps.notification_written()
+        if old != new or also is not None:
+            self._publish()
         for effect in decision.effects:
             await self._perform(effect, old)
+
+    def _publish(self) -> None:
+        """Live progress (WebSocket and ``GET .../progress``) follows every committed state."""
+        self.deps.progress(
+            ProgressInputs(self.state, self.revision, self.preview_b64, self.cancel_reason)
+        )
 
     def _end_payload(self, new: js.JobState, now: datetime) -> dict[str, Any]:
         return job_end_payload(

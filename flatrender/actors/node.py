@@ -72,6 +72,8 @@ class NodeDeps:
     work_waiting: Callable[[], bool] = lambda: False
     fleet_size: Callable[[], int] = lambda: 1
     node_idle: Callable[[], None] = lambda: None
+    # Told every committed status change (the ProgressHub's admin topic); must not block.
+    status_changed: Callable[[UUID, str], None] = lambda node, status: None
 
 
 # ------------------------------------------------------------------ the actor
@@ -373,6 +375,7 @@ class NodeActor:
             )
             if new.status is ns.S.IDLE:
                 self.deps.node_idle()
+            self.deps.status_changed(self.node_id, new.status.value)
         self.state = new
 
     async def _perform(self, effect: ns.Effect) -> None:

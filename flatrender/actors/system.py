@@ -1,10 +1,11 @@
 """The actor system: the root supervisor and the long-lived actors under it (DESIGN §1).
 
-Order matters and is explicit: the health writer first (node actors feed it), then the fleet
-(node actors rebuilt from PostgreSQL), the jobs (job actors rebuilt and resumed), the scheduler
-that pairs their work, the software rollout (it talks to node actors), then the reaper and the
-notifier (job-end webhooks from the outbox). Each is a PERMANENT child of the root supervisor;
-an actor object survives its own restarts, so handles held elsewhere stay valid.
+Order matters and is explicit: the health writer first (node actors feed it), the progress hub
+(job and node actors publish to it), then the fleet (node actors rebuilt from PostgreSQL), the
+jobs (job actors rebuilt and resumed), the scheduler that pairs their work, the software rollout
+(it talks to node actors), then the reaper and the notifier (job-end webhooks from the outbox).
+Each is a PERMANENT child of the root supervisor; an actor object survives its own restarts, so
+handles held elsewhere stay valid.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import trio
 
 from flatrender.actors.fleet import Fleet
 from flatrender.actors.health_writer import HealthWriter
+from flatrender.actors.hub import ProgressHub
 from flatrender.actors.job import JobDeps
 from flatrender.actors.jobs import JobSystem
 from flatrender.actors.merger import Merger
@@ -64,6 +66,7 @@ class ActorSystem:
         self.config = config
         self.root = Supervisor(policy, name="root")
         self.health = HealthWriter(db)
+        self.hub = ProgressHub()
         self.fleet = Fleet(
             NodeDeps(
                 db=db,
@@ -75,6 +78,7 @@ class ActorSystem:
                 work_waiting=lambda: self.scheduler.work_waiting(),
                 fleet_size=lambda: self.fleet.size(),
                 node_idle=lambda: self.scheduler.wake(),
+                status_changed=self.hub.node_changed,
             )
         )
         self.merger = Merger(store)
@@ -88,6 +92,7 @@ class ActorSystem:
                 clock=clock,
                 wake_scheduler=lambda: self.scheduler.wake(),
                 notification_written=lambda: self.notifier.wake(),
+                progress=self.hub.publish,
             )
         )
         self.scheduler = Scheduler(db, self.jobs, config)
@@ -113,6 +118,7 @@ class ActorSystem:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.root.run)
                     await self.root.start_child(ChildSpec("health-writer", self.health.run))
+                    await self.root.start_child(ChildSpec("progress-hub", self.hub.run))
                     await self.root.start_child(ChildSpec("fleet", self.fleet.run))
                     await self.root.start_child(ChildSpec("jobs", self.jobs.run))
                     await self.root.start_child(ChildSpec("scheduler", self.scheduler.run))

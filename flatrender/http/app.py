@@ -17,6 +17,7 @@ from flatrender.http import (
     render_actions,
     renders,
     snapshots,
+    ws,
 )
 from flatrender.http.common import AppState
 from flatrender.http.coverage import require_contract_served
@@ -44,6 +45,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         render_actions.bp,
         exports.bp,
         snapshots.bp,
+        ws.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

@@ -379,5 +379,47 @@ def _websockets() -> Json:
                 "4403": "The job belongs to another user.",
                 "4404": "No such job.",
             },
-        }
+        },
+        "/ws/v1/nodes": {
+            "summary": "Live status of the render nodes (admins and services)",
+            "parameters": [
+                {
+                    "name": "access_token",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Token, when no `Authorization: Bearer` header can be sent.",
+                },
+            ],
+            "security": [{"BearerAuth": []}, {"ServiceToken": []}],
+            "messages": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string", "enum": ["snapshot", "changes"]},
+                        "nodes": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "id": {"type": "string", "format": "uuid"},
+                                    "name": {"type": "string"},
+                                    "status": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "description": "On connect a snapshot of every node (id, name, status), then"
+                " batches of status changes (id, latest status), at most 10 a second; a change"
+                " may repeat what the snapshot said.",
+                "max_per_second": 10,
+            },
+            "close_codes": {
+                "1001": "The orchestrator is shutting down; reconnect.",
+                "1013": "The client read too slowly and was dropped; reconnect to resync.",
+                "4401": "Missing or invalid token.",
+                "4403": "Not an administrator.",
+            },
+        },
     }

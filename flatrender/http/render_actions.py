@@ -16,7 +16,8 @@ from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.domain import pricing
 from flatrender.http.codec import parse_json, structure
 from flatrender.http.common import state
-from flatrender.http.errors import ApiError, conflict
+from flatrender.http.errors import ApiError, conflict, not_found
+from flatrender.http.progress import current_progress
 from flatrender.http.renders import charge_and_insert, job_json, visible_job
 from flatrender.persistence import jobs
 
@@ -127,39 +128,11 @@ async def retry_render(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]
     return job_json(row), 201, {"Location": f"/v1/renders/{row.id}"}
 
 
-PROGRESS = """
-SELECT count(DISTINCT f.node_id) FILTER (WHERE f.status IN ('Assigned', 'Rendering')) AS active,
-       max(r.frame_number) AS current_frame,
-       count(r.frame_number) FILTER (WHERE r.received_at > now() - interval '30 seconds') AS recent
-FROM frame_jobs f LEFT JOIN frame_reports r ON r.frame_job_id = f.id
-WHERE f.job_id = $1 AND f.status <> 'Failed'
-"""
-
-
 @bp.get("/v1/renders/<job_id>/progress")
 async def render_progress(job_id: str) -> dict[str, Any]:
+    """Exactly what the WebSocket would send now (one builder for both)."""
     row = await visible_job(job_id)
-    return await progress_of(row)
-
-
-async def progress_of(row: jobs.JobRow) -> dict[str, Any]:
-    """The RenderProgress the WebSocket would send now (one builder for both)."""
-    stats = await state().db.fetchrow(PROGRESS, row.id)
-    total = row.total_frames
-    done = row.render_progress * total // 100
-    rate = int(stats["recent"]) / 30.0
-    eta = None
-    if not row.terminal and rate > 0:
-        eta = int((total - done) / rate)
-    message = row.failed_message or row.cancel_reason
-    return {
-        "job_id": str(row.id),
-        "step": row.step,
-        "progress": row.render_progress,
-        "current_frame": stats["current_frame"],
-        "total_frames": total,
-        "eta_seconds": eta,
-        "preview_b64": row.image_preview_b64,
-        "active_nodes": int(stats["active"] or 0),
-        "message": message,
-    }
+    progress = await current_progress(row.id)
+    if progress is None:
+        raise not_found("render job", row.id)
+    return progress.to_json()

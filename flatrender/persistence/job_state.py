@@ -12,6 +12,7 @@ from datetime import datetime
 from uuid import UUID
 
 from flatrender.domain import job_steps as js
+from flatrender.domain.progress import percent
 from flatrender.persistence import jobs, snapshots
 from flatrender.persistence.db import Connection, Database
 
@@ -119,13 +120,7 @@ def output_key(job_id: UUID, range_id: UUID, output_format: str) -> str:
 
 def progress(state: js.JobState) -> int:
     """Percent of frames reported by the current ranges (validated ones count whole)."""
-    if state.step is js.JobStep.COMPLETED:
-        return 100
-    done = sum(
-        r.frame_count if r.status is js.RangeStatus.VALIDATED else len(r.reported_frames)
-        for r in state.current_ranges
-    )
-    return min(99, done * 100 // max(state.total_frames, 1))
+    return percent(state)
 
 
 async def save(
