@@ -187,17 +187,41 @@ async def reap_replicas(db: Database, store: ObjectStore, cutoff: datetime, limi
 async def _reap_unrecorded_replicas(
     db: Database, store: ObjectStore, cutoff: datetime, limit: int
 ) -> int:
+    """Replica objects no row names. Kept while a job of the version in their key is live (its
+    node builds at that very key), and looked at again just before deletion: a build uploaded
+    since the listing is younger than ``cutoff`` and stays."""
     deleted = 0
     try:
         old = [o.key for o in await store.list_prefix(REPLICAS_PREFIX) if _older(o, cutoff)]
-        known = await cleanup.known_replica_keys(db, old) if old else set()
-        for key in [k for k in old if k not in known][:limit]:
+        if not old:
+            return 0
+        in_use = await cleanup.replica_keys_in_use(db, [(k, *_replica_of(k)) for k in old])
+        for key in old:
+            if deleted >= limit:
+                break
+            if key in in_use:
+                continue
+            current = await store.stat(key)
+            if current is None or not _older(current, cutoff):
+                continue
             await store.delete(key)
             deleted += 1
             log.info("replica %s deleted: no replica row names it", key)
     except StorageError as e:
         log.warning("unrecorded replicas not reaped, object storage failed: %s", e)
     return deleted
+
+
+def _replica_of(key: str) -> tuple[UUID | None, int | None]:
+    """(project, version) of ``replicas/{project}/{version}.aep``; (None, None) otherwise."""
+    parts = key[len(REPLICAS_PREFIX) :].split("/")
+    if len(parts) != 2 or not parts[1].endswith(".aep"):
+        return None, None
+    try:
+        project, version = UUID(parts[0]), int(parts[1].removesuffix(".aep"))
+    except ValueError:
+        return None, None
+    return (project, version) if 1 <= version < 2**31 else (None, None)  # an int4 column
 
 
 def retention_tasks(

@@ -102,9 +102,24 @@ async def delete_replicas(conn: Connection, replicas: Sequence[IdleReplica]) -> 
         await conn.execute(DELETE_REPLICA, r.saved_project_id, r.project_version)
 
 
-KNOWN_REPLICA_KEYS = "SELECT storage_key FROM replicas WHERE storage_key = ANY($1::text[])"
+# A key is in use when a replica row names it, or when a job of the project version its key
+# names is not terminal: a node may be uploading (or have just uploaded) a build to it.
+REPLICA_KEYS_IN_USE = """
+SELECT k.key FROM unnest($1::text[], $2::uuid[], $3::int[]) AS k(key, project, version)
+WHERE EXISTS (SELECT 1 FROM replicas r WHERE r.storage_key = k.key)
+   OR EXISTS (
+       SELECT 1 FROM render_jobs j
+       WHERE j.saved_project_id = k.project AND j.project_version = k.version
+         AND j.step NOT IN ('Completed', 'Failed', 'Cancelled'))
+"""
 
 
-async def known_replica_keys(db: Database, keys: Sequence[str]) -> set[str]:
-    """The keys among ``keys`` that a replica row names."""
-    return {r["storage_key"] for r in await db.fetch(KNOWN_REPLICA_KEYS, list(keys))}
+async def replica_keys_in_use(
+    db: Database, keys: Sequence[tuple[str, UUID | None, int | None]]
+) -> set[str]:
+    """The keys among ``(key, project, version)`` that a replica row names or that a live job
+    of that project version may be building (project and version None: a key of no job)."""
+    records = await db.fetch(
+        REPLICA_KEYS_IN_USE, [k for k, _, _ in keys], [p for _, p, _ in keys], [v for *_, v in keys]
+    )
+    return {r["key"] for r in records}

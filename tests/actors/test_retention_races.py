@@ -127,3 +127,50 @@ async def test_a_replica_whose_version_got_a_job_after_it_was_picked_is_not_idle
         assert [r.project_version for r in picked] == [1, 2]
         await add_job(db, project, "Queued", None, version=1)  # another connection commits
         assert [r.project_version for r in await cleanup.still_idle(conn, CUTOFF, picked)] == [2]
+
+
+# ------------------------------------------------------------------ unrecorded replica objects
+
+
+async def test_an_unrecorded_replica_of_a_version_with_a_live_job_is_kept(
+    db: Database, store: MinioStore
+) -> None:
+    """A job in Preparing builds at the fixed key: the object there is its build (or about to be
+    replaced by it), however old the object looks, until the job ends."""
+    project = await make_project(db, uuid4())
+    key, odd = f"replicas/{project}/1.aep", f"replicas/{project}/99999999999.aep"
+    for k in (key, odd):
+        await store.put_bytes(k, b"aep")
+    job_id = await add_job(db, project, "Preparing", None, version=1)
+    scoped = ScopedStore(store, f"replicas/{project}/")
+    future = datetime.now(UTC) + timedelta(days=1)  # every object here is older than this
+
+    assert await retention.reap_replicas(db, scoped, future, 10) == 1  # the odd key only
+    assert await present(store, [key, odd]) == [True, False]
+
+    await db.execute("UPDATE render_jobs SET step = 'Failed' WHERE id = $1", job_id)
+    assert await retention.reap_replicas(db, scoped, future, 10) == 1
+    assert await present(store, [key]) == [False]
+
+
+@attrs.define
+class StaleListing(ScopedStore):
+    """Lists every object as 30 days old: the listing came before a rebuild replaced them."""
+
+    async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
+        listed = await ScopedStore.list_prefix(self, prefix)
+        old = datetime.now(UTC) - timedelta(days=30)
+        return [attrs.evolve(o, last_modified=old) for o in listed]
+
+
+async def test_an_unrecorded_replica_rebuilt_since_the_listing_is_kept(
+    db: Database, store: MinioStore
+) -> None:
+    project = await make_project(db, uuid4())
+    key = f"replicas/{project}/1.aep"
+    await store.put_bytes(key, b"fresh build")
+    cutoff = datetime.now(UTC) - timedelta(days=1)
+
+    stale = StaleListing(store, f"replicas/{project}/")
+    assert await retention.reap_replicas(db, stale, cutoff, 10) == 0
+    assert await present(store, [key]) == [True]
