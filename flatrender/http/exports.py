@@ -3,7 +3,8 @@
 Someone else's export is 404, never 403: ids do not leak (admins and services see any by id).
 Lists show the caller's own exports, like the render list. Deleting removes the objects first,
 then the rows, under the row's lock (``retention.delete_export``); when object storage is down
-the answer is 503 and the export stays whole enough to delete again. An extension is charged to
+the answer is 503 (502 when it refuses an object) and the export stays whole enough to delete
+again. An extension is charged to
 the export's owner in the same transaction that moves the date, under the owner's account lock,
 so concurrent extensions serialise like submits and each is charged exactly once.
 """
@@ -77,7 +78,8 @@ async def get_export(export_id: str) -> dict[str, Any]:
 
 @bp.delete("/v1/exports/<export_id>")
 async def delete(export_id: str) -> tuple[str, int]:
-    """204 once objects and rows are gone; 404 when already deleted; 503 if storage is down."""
+    """204 once objects and rows are gone; 404 when already deleted; 503 if storage is down,
+    502 if it refuses an object (the rows stay either way)."""
     row = await visible_export(export_id)
     app = state()
     if not await delete_export(app.db, app.store, row.id):

@@ -7,7 +7,7 @@ extension and the Reaper on one export: whoever comes second finds the row gone 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
@@ -224,18 +224,21 @@ async def delete_rows(conn: Connection, export_ids: Sequence[UUID]) -> set[UUID]
 
 
 LOCK_DUE = f"""
-SELECT {_EXPORT_COLUMNS} FROM exports WHERE auto_delete_date <= $1
+SELECT {_EXPORT_COLUMNS} FROM exports WHERE auto_delete_date <= $1 AND id <> ALL($3::uuid[])
 ORDER BY auto_delete_date, id LIMIT $2 FOR UPDATE SKIP LOCKED
 """
 
 
-async def lock_due(conn: Connection, now: datetime, limit: int) -> list[ExportRow]:
-    """Up to ``limit`` exports whose ``auto_delete_date`` is at or before ``now``, locked.
+async def lock_due(
+    conn: Connection, now: datetime, limit: int, *, skip: Collection[UUID] = ()
+) -> list[ExportRow]:
+    """Up to ``limit`` exports whose ``auto_delete_date`` is at or before ``now``, locked,
+    those in ``skip`` left out.
 
     Rows another transaction holds (a delete or an extension in progress) are skipped: they are
     either gone or moved when it commits, and the next round looks again.
     """
-    return [export_from(r) for r in await conn.fetch(LOCK_DUE, now, limit)]
+    return [export_from(r) for r in await conn.fetch(LOCK_DUE, now, limit, list(skip))]
 
 
 MOVE_DELETE_DATE = """

@@ -120,9 +120,11 @@ async def test_due_exports_go_in_bounded_batches(
     sizes: list[int] = []
     real_lock_due = exports.lock_due
 
-    async def counted(conn: Any, now: datetime, limit: int) -> list[exports.ExportRow]:
+    async def counted(
+        conn: Any, now: datetime, limit: int, *, skip: Any = ()
+    ) -> list[exports.ExportRow]:
         assert limit == 2
-        found = await real_lock_due(conn, now, limit)
+        found = await real_lock_due(conn, now, limit, skip=skip)
         sizes.append(len(found))
         return found
 

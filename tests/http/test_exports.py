@@ -22,7 +22,7 @@ from flatrender.http.app import create_app
 from flatrender.http.common import AppState
 from flatrender.persistence import exports, ledger
 from flatrender.persistence.db import Database
-from flatrender.storage import MinioStore, ObjectStore
+from flatrender.storage import MinioStore, ObjectStore, StorageError
 from tests.helpers import Tokens, bearer
 
 PER_DAY = 5  # minor units per day of extension, pinned so the charges read as arithmetic
@@ -320,6 +320,37 @@ async def test_delete_while_storage_is_down_is_503_and_loses_nothing(
     assert response.status_code == 204
     assert await exports.get(db, row.id) is None
     assert await real.list_prefix(f"exports/{row.id}/") == []
+
+
+@attrs.define
+class RefusingStore:
+    """The real store, but deletes are refused as S3 does with 403 AccessDenied."""
+
+    inner: MinioStore
+
+    async def delete(self, key: str) -> None:
+        raise StorageError(f"S3 operation failed; code: AccessDenied, key: {key}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_delete_storage_refuses_is_502_in_the_error_format_and_loses_nothing(
+    api: Any, app_state: AppState, db: Database, tokens: Tokens
+) -> None:
+    row = await make_export(db, app_state.store, tokens.user_id)
+    real = app_state.store
+    app_state.store = RefusingStore(real)  # type: ignore[assignment]
+    try:
+        response = await api.delete(f"/v1/exports/{row.id}", headers=bearer(tokens.user))
+        error = await error_of(response, 502, "storage_error")
+        assert error["details"] == {}
+        assert "AccessDenied" not in error["message"]  # the server's words stay in the log
+    finally:
+        app_state.store = real
+    assert await exports.get(db, row.id) == row
+    assert len(await exports.files_of(db, [row.id])) == 2
+    assert await real.get_bytes(row.path) == VIDEO
 
 
 # ------------------------------------------------------------------ extend
