@@ -213,6 +213,12 @@ async def test_list_shows_own_exports_newest_first_with_paging(
     }
     bad = await api.get("/v1/exports?page=x", headers=bearer(tokens.user))
     await error_of(bad, 422, "validation_failed")
+    last = await api.get("/v1/exports?page=1000000&page_size=100", headers=bearer(tokens.user))
+    assert (await last.get_json())["data"] == []
+    for page in ("1000001", "1000000000000000000"):  # an OFFSET past bigint was a 500
+        huge = await api.get(f"/v1/exports?page={page}&page_size=100", headers=bearer(tokens.user))
+        error = await error_of(huge, 422, "validation_failed")
+        assert [e["field"] for e in error["details"]["errors"]] == ["page"]
 
 
 async def test_a_service_cannot_list_and_an_admin_lists_only_their_own(
