@@ -241,8 +241,9 @@ async def lock_due(
     return [export_from(r) for r in await conn.fetch(LOCK_DUE, now, limit, list(skip))]
 
 
+# A day of extension is 24 hours whatever the session's zone ('1 day' follows its DST).
 MOVE_DELETE_DATE = """
-UPDATE exports SET auto_delete_date = auto_delete_date + make_interval(days => $2)
+UPDATE exports SET auto_delete_date = auto_delete_date + $2 * interval '24 hours'
 WHERE id = $1 RETURNING auto_delete_date
 """
 
