@@ -442,6 +442,19 @@ async def test_extend_of_an_export_already_due_is_409(
     assert await extension_entries(db, tokens.user_id) == []
 
 
+async def test_a_negative_configured_price_per_day_is_taken_as_zero(
+    api: Any, app_state: AppState, db: Database, tokens: Tokens
+) -> None:
+    """The price comes from domain.pricing, which clamps: free, never a credit."""
+    app_state.config = attrs.evolve(
+        app_state.config, pricing=PricingConfig(export_extend_per_day_minor=-PER_DAY)
+    )
+    row = await make_export(db, app_state.store, tokens.user_id)
+    assert (await extend(api, tokens.user, row.id, 5)).status_code == 200
+    assert await extension_entries(db, tokens.user_id) == []
+    assert await ledger.balance(db, tokens.user_id) == 0
+
+
 async def test_concurrent_extensions_serialise_on_the_account(
     api: Any, app_state: AppState, db: Database, tokens: Tokens
 ) -> None:
