@@ -19,7 +19,13 @@ from flatrender.persistence import cleanup
 from flatrender.persistence.db import Database
 from flatrender.storage import MinioStore, ObjectInfo
 from tests.actors.test_job_actor import start_actor
-from tests.actors.test_reaper_exports import add_job, add_replica, present, replica_rows
+from tests.actors.test_reaper_exports import (
+    ScopedStore,
+    add_job,
+    add_replica,
+    present,
+    replica_rows,
+)
 from tests.http.test_renders import make_project
 
 NOW = datetime(2031, 3, 1, 12, 0, tzinfo=UTC)
@@ -29,21 +35,6 @@ CUTOFF = NOW - timedelta(days=7)  # the replicas of add_replica are 30 days old:
 @pytest.fixture
 def store(config: Any) -> MinioStore:
     return MinioStore(config.s3)
-
-
-@attrs.define
-class ScopedStore:
-    """The real store, listing only under ``prefix``: the session's bucket is shared, and a
-    reap must not touch (nor count) other tests' objects."""
-
-    inner: Any
-    prefix: str
-
-    async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
-        return [o for o in await self.inner.list_prefix(prefix) if o.key.startswith(self.prefix)]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 async def until(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:

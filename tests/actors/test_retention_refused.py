@@ -16,6 +16,7 @@ from flatrender.persistence.db import Database
 from flatrender.storage import MinioStore, StorageError
 from tests.actors.test_reaper_exports import (
     NOW,
+    ScopedStore,
     add_job,
     add_replica,
     all_gone,
@@ -25,7 +26,6 @@ from tests.actors.test_reaper_exports import (
     put_segments,
     replica_rows,
 )
-from tests.actors.test_retention_races import ScopedStore
 from tests.http.test_renders import make_project
 
 
