@@ -97,8 +97,10 @@ class JobActor(JobEffects):
                 pass
 
     async def _existing_replica(self) -> str | None:
+        # FOR SHARE waits out a Reaper that holds the row to delete it, then finds no row.
         key = await self.deps.db.fetchval(
-            "SELECT storage_key FROM replicas WHERE saved_project_id = $1 AND project_version = $2",
+            "SELECT storage_key FROM replicas WHERE saved_project_id = $1 AND project_version = $2"
+            " FOR SHARE",
             self.row.saved_project_id,
             self.row.project_version,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from uuid import UUID
 
 import attrs
 import trio
@@ -19,7 +20,7 @@ import trio
 from flatrender.clock import utc_now
 from flatrender.persistence import health, snapshots
 from flatrender.persistence.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
-from flatrender.storage import ObjectStore
+from flatrender.storage import ObjectStore, StorageError, StorageUnavailable
 
 logger = logging.getLogger("flatrender.reaper")
 
@@ -130,19 +131,31 @@ def snapshot_tasks(db: Database, store: ObjectStore, batch: int = 200) -> list[R
     """Expired snapshots (Cached or Failed; a render in progress ends with its job first), in
     batches of `batch`: the image and thumbnail objects first, then the rows (DESIGN §7). A
     crash in between leaves expired rows without objects, removed by the next round; never an
-    object without its row. Counts removed rows; one log line per snapshot."""
+    object without its row. Counts removed rows; one log line per snapshot. A snapshot whose
+    objects storage refuses for good (403) keeps its row and is passed by for the rest of the
+    round; only `StorageUnavailable` ends the round (the Reaper logs it)."""
     if batch < 1:
         raise ValueError("batch must be positive")
 
     async def delete_expired(now: datetime) -> int:
         total = 0
+        refused: set[UUID] = set()
         while True:
-            ids = await snapshots.expired(db, now, batch)
+            ids = await snapshots.expired(db, now, batch, skip=refused)
+            gone = []
             for snapshot_id in ids:
-                await store.delete(snapshots.image_key(snapshot_id))
-                await store.delete(snapshots.thumbnail_key(snapshot_id))
-            removed = await snapshots.delete_expired(db, ids, now) if ids else 0
-            for snapshot_id in ids:
+                try:
+                    await store.delete(snapshots.image_key(snapshot_id))
+                    await store.delete(snapshots.thumbnail_key(snapshot_id))
+                except StorageUnavailable:
+                    raise
+                except StorageError as e:
+                    logger.warning("snapshot %s kept, object storage refused: %s", snapshot_id, e)
+                    refused.add(snapshot_id)
+                    continue
+                gone.append(snapshot_id)
+            removed = await snapshots.delete_expired(db, gone, now) if gone else 0
+            for snapshot_id in gone:
                 logger.info("reaped snapshot %s", snapshot_id)
             total += removed
             if len(ids) < batch:

@@ -3,7 +3,9 @@
 The rule everywhere is objects first, then rows (DESIGN §7), under the row's lock: a row exists
 as long as any of its objects may, so nothing is ever left in object storage that no row names.
 When object storage fails, the rows stay and the next attempt deletes what is left (deleting a
-missing key is not an error). Bucket lifecycle rules are not relied on.
+missing key is not an error). Only :class:`StorageUnavailable` stops a round: an object storage
+refuses for good (403 AccessDenied, ...) is logged and skipped, so it never holds back the rest.
+Bucket lifecycle rules are not relied on.
 
 ``retention_tasks`` gives the Reaper its tasks; ``delete_export`` is also the HTTP DELETE.
 """
@@ -12,17 +14,18 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
 from uuid import UUID
 
+import attrs
 import trio
 
 from flatrender.actors.reaper import ReapTask
 from flatrender.config import Config
 from flatrender.persistence import cleanup, exports
 from flatrender.persistence.db import Database
-from flatrender.storage import ObjectInfo, ObjectStore, StorageError
+from flatrender.storage import ObjectInfo, ObjectStore, StorageError, StorageUnavailable
 
 log = logging.getLogger("flatrender.retention")
 
@@ -34,6 +37,19 @@ async def delete_keys(store: ObjectStore, keys: Iterable[str]) -> None:
     """Remove every key; raises the first :class:`StorageError` (the rest is not attempted)."""
     for key in keys:
         await store.delete(key)
+
+
+async def _delete_or_skip(store: ObjectStore, key: str, what: str) -> bool:
+    """Delete ``key``; False (logged) when storage refuses it for good. Raises
+    :class:`StorageUnavailable`, which ends the caller's round."""
+    try:
+        await store.delete(key)
+    except StorageUnavailable:
+        raise
+    except StorageError as e:
+        log.warning("%s %s not deleted, object storage refused it (skipped): %s", what, key, e)
+        return False
+    return True
 
 
 async def delete_export(db: Database, store: ObjectStore, export_id: UUID) -> bool:
@@ -56,38 +72,61 @@ async def delete_export(db: Database, store: ObjectStore, export_id: UUID) -> bo
 async def reap_due_exports(db: Database, store: ObjectStore, now: datetime, batch: int) -> int:
     """Delete every export due at ``now``, ``batch`` per transaction; returns how many went.
 
-    Stops at the first batch that could not delete everything (storage failing): what is left
-    waits for the next round. Each batch commits on its own, so cancelling loses nothing.
+    Stops when storage is unavailable: what is left waits for the next round. An export whose
+    objects storage refuses keeps its rows, is logged, and is passed by for the rest of the
+    round. Each batch commits on its own, so cancelling loses nothing.
     """
     removed = 0
+    refused: set[UUID] = set()
     while True:
-        gone, left = await _reap_export_batch(db, store, now, batch)
-        removed += gone
-        if left or gone < batch:
+        outcome = await _reap_export_batch(db, store, now, batch, refused)
+        removed += outcome.deleted
+        refused |= outcome.refused
+        if outcome.unavailable or outcome.locked < batch:
             return removed
 
 
+@attrs.frozen
+class _BatchOutcome:
+    locked: int
+    deleted: int
+    refused: frozenset[UUID]
+    unavailable: bool
+
+
 async def _reap_export_batch(
-    db: Database, store: ObjectStore, now: datetime, batch: int
-) -> tuple[int, int]:
-    """(deleted, left behind because storage failed) for one locked batch of due exports."""
+    db: Database, store: ObjectStore, now: datetime, batch: int, skip: Collection[UUID]
+) -> _BatchOutcome:
+    """One locked batch of due exports, those in ``skip`` left out."""
     async with db.transaction() as conn:
-        due = await exports.lock_due(conn, now, batch)
+        due = await exports.lock_due(conn, now, batch, skip=skip)
         if not due:
-            return 0, 0
+            return _BatchOutcome(0, 0, frozenset(), unavailable=False)
         files: dict[UUID, list[exports.ExportFile]] = defaultdict(list)
         for f in await exports.files_of(conn, [row.id for row in due]):
             files[f.export_id].append(f)
         deleted: list[exports.ExportRow] = []
+        refused: set[UUID] = set()
+        unavailable = False
 
         async with trio.open_nursery() as nursery:
 
             async def remove(row: exports.ExportRow) -> None:
+                nonlocal unavailable
                 try:
                     await delete_keys(store, exports.object_keys(row, files[row.id]))
-                except StorageError as e:
-                    log.warning("export %s not deleted, object storage failed: %s", row.id, e)
+                except StorageUnavailable as e:
+                    log.warning("export %s not deleted, object storage unavailable: %s", row.id, e)
+                    unavailable = True
                     nursery.cancel_scope.cancel()  # storage is failing: stop this round
+                    return
+                except StorageError as e:
+                    log.warning(
+                        "export %s not deleted, object storage refused an object (skipped): %s",
+                        row.id,
+                        e,
+                    )
+                    refused.add(row.id)
                     return
                 deleted.append(row)
 
@@ -101,7 +140,7 @@ async def _reap_export_batch(
             row.auto_delete_date.isoformat(),
             row.user_id,
         )
-    return len(deleted), len(due) - len(deleted)
+    return _BatchOutcome(len(due), len(deleted), frozenset(refused), unavailable)
 
 
 async def reap_segments(db: Database, store: ObjectStore, cutoff: datetime, limit: int) -> int:
@@ -133,11 +172,13 @@ async def reap_segments(db: Database, store: ObjectStore, cutoff: datetime, limi
             stale += [o.key for o in objects]
     deleted = 0
     try:
-        for key in stale[:limit]:
-            await store.delete(key)
-            deleted += 1
-    except StorageError as e:
-        log.warning("render output deletion stopped, object storage failed: %s", e)
+        for key in stale:
+            if deleted >= limit:
+                break
+            if await _delete_or_skip(store, key, "render output"):
+                deleted += 1
+    except StorageUnavailable as e:
+        log.warning("render output deletion stopped, object storage unavailable: %s", e)
     if deleted:
         log.info("deleted %d stale render outputs (first %s)", deleted, stale[0])
     return deleted
@@ -169,10 +210,10 @@ async def reap_replicas(db: Database, store: ObjectStore, cutoff: datetime, limi
         deleted: list[cleanup.IdleReplica] = []
         try:
             for replica in idle:
-                await store.delete(replica.storage_key)
-                deleted.append(replica)
-        except StorageError as e:
-            log.warning("replica deletion stopped, object storage failed: %s", e)
+                if await _delete_or_skip(store, replica.storage_key, "replica"):
+                    deleted.append(replica)
+        except StorageUnavailable as e:
+            log.warning("replica deletion stopped, object storage unavailable: %s", e)
         await cleanup.delete_replicas(conn, deleted)
     for replica in deleted:
         log.info(
@@ -187,17 +228,47 @@ async def reap_replicas(db: Database, store: ObjectStore, cutoff: datetime, limi
 async def _reap_unrecorded_replicas(
     db: Database, store: ObjectStore, cutoff: datetime, limit: int
 ) -> int:
+    """Replica objects no row names. Kept while a job of the version in their key is live (its
+    node builds at that very key), and looked at again just before deletion: a build uploaded
+    since the listing is younger than ``cutoff`` and stays."""
     deleted = 0
     try:
         old = [o.key for o in await store.list_prefix(REPLICAS_PREFIX) if _older(o, cutoff)]
-        known = await cleanup.known_replica_keys(db, old) if old else set()
-        for key in [k for k in old if k not in known][:limit]:
-            await store.delete(key)
-            deleted += 1
-            log.info("replica %s deleted: no replica row names it", key)
+        if not old:
+            return 0
+        in_use = await cleanup.replica_keys_in_use(db, [(k, *_replica_of(k)) for k in old])
+        for key in old:
+            if deleted >= limit:
+                break
+            if key in in_use:
+                continue
+            try:
+                current = await store.stat(key)
+            except StorageUnavailable:
+                raise
+            except StorageError as e:
+                log.warning("unrecorded replica %s not looked at, storage refused: %s", key, e)
+                continue
+            if current is None or not _older(current, cutoff):
+                continue
+            if await _delete_or_skip(store, key, "unrecorded replica"):
+                deleted += 1
+                log.info("replica %s deleted: no replica row names it", key)
     except StorageError as e:
         log.warning("unrecorded replicas not reaped, object storage failed: %s", e)
     return deleted
+
+
+def _replica_of(key: str) -> tuple[UUID | None, int | None]:
+    """(project, version) of ``replicas/{project}/{version}.aep``; (None, None) otherwise."""
+    parts = key[len(REPLICAS_PREFIX) :].split("/")
+    if len(parts) != 2 or not parts[1].endswith(".aep"):
+        return None, None
+    try:
+        project, version = UUID(parts[0]), int(parts[1].removesuffix(".aep"))
+    except ValueError:
+        return None, None
+    return (project, version) if 1 <= version < 2**31 else (None, None)  # an int4 column
 
 
 def retention_tasks(

@@ -20,6 +20,8 @@ T = TypeVar("T")
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+# Far past any real list, and (page - 1) × page_size stays well inside the bigint OFFSET.
+MAX_PAGE = 1_000_000
 
 
 @attrs.define
@@ -78,9 +80,15 @@ class Page:
 
 
 def page_from_query() -> Page:
-    """``page`` from 1, ``page_size`` clamped to 1..100; non-integers are a 422."""
+    """``page`` from 1, ``page_size`` clamped to 1..100; non-integers and a ``page`` past
+    :data:`MAX_PAGE` are a 422 naming the parameter."""
     page = _query_int("page", 1)
     page_size = _query_int("page_size", DEFAULT_PAGE_SIZE)
+    if page > MAX_PAGE:
+        raise unprocessable(
+            "query parameter page is out of range",
+            [{"field": "page", "message": f"must be at most {MAX_PAGE}"}],
+        )
     return Page(max(page, 1), min(max(page_size, 1), MAX_PAGE_SIZE))
 
 

@@ -1,7 +1,8 @@
 """The one error format of the API (DESIGN §5) and the handlers that enforce it.
 
 Every failure leaves as ``{"error": {"code", "message", "details"}}``: client mistakes as 4xx,
-unavailable dependencies as 503, and anything unexpected as a bare 500 that carries no trace.
+unavailable dependencies as 503, object storage refusing an operation (403 AccessDenied, ...)
+as 502, and anything unexpected as a bare 500 that carries no trace.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from flatrender.persistence.db import DatabaseUnavailable
-from flatrender.storage import StorageUnavailable
+from flatrender.storage import StorageError, StorageUnavailable
 
 log = logging.getLogger("flatrender.http")
 
@@ -97,6 +98,12 @@ def register_error_handlers(app: Quart) -> None:
         return error_response(
             503, "storage_unavailable", "object storage is unavailable, retry later"
         )
+
+    # Lookup follows the exception's MRO: StorageUnavailable keeps its 503 above.
+    @app.errorhandler(StorageError)
+    async def _storage_refused(error: StorageError) -> Response:
+        log.error("object storage refused an operation: %s", error)
+        return error_response(502, "storage_error", "object storage refused the operation")
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:

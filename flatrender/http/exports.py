@@ -3,34 +3,35 @@
 Someone else's export is 404, never 403: ids do not leak (admins and services see any by id).
 Lists show the caller's own exports, like the render list. Deleting removes the objects first,
 then the rows, under the row's lock (``retention.delete_export``); when object storage is down
-the answer is 503 and the export stays whole enough to delete again. An extension is charged to
-the export's owner in the same transaction that moves the date, under the owner's account lock,
-so concurrent extensions serialise like submits and each is charged exactly once.
+the answer is 503 (502 when it refuses an object) and the export stays whole enough to delete
+again. An extension is priced by the domain (``pricing.extension_price``, ``extension``) and
+charged to the export's owner in the transaction that moves the date
+(``exports.extend_paid``): concurrent extensions serialise like submits, each charged once.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
-from uuid import UUID
 
 import attrs
 from quart import Blueprint, request
 
 from flatrender.actors.retention import delete_export
 from flatrender.clock import utc_now
+from flatrender.domain.extension import MAX_DAYS, MIN_DAYS, ExtensionVerdict
+from flatrender.domain.pricing import extension_price
 from flatrender.http.auth import acting_user, require_owner
 from flatrender.http.codec import dump
 from flatrender.http.common import body, caller, page_from_query, path_uuid, state
 from flatrender.http.errors import ApiError, conflict, not_found, unprocessable
-from flatrender.persistence import exports, ledger
+from flatrender.persistence import exports
 
 bp = Blueprint("exports", __name__)
 
 EXPORT = tuple(f for f in exports.EXPORT_FIELDS if f not in ("user_id", "job_id"))
 FILE = ("id", "thumbnail", "path", "size_bytes", "file_type")
-MIN_DAYS, MAX_DAYS = 1, 365
 FORMAT = re.compile(r"^[a-z0-9]{1,16}$")
 
 
@@ -77,7 +78,8 @@ async def get_export(export_id: str) -> dict[str, Any]:
 
 @bp.delete("/v1/exports/<export_id>")
 async def delete(export_id: str) -> tuple[str, int]:
-    """204 once objects and rows are gone; 404 when already deleted; 503 if storage is down."""
+    """204 once objects and rows are gone; 404 when already deleted; 503 if storage is down,
+    502 if it refuses an object (the rows stay either way)."""
     row = await visible_export(export_id)
     app = state()
     if not await delete_export(app.db, app.store, row.id):
@@ -87,10 +89,10 @@ async def delete(export_id: str) -> tuple[str, int]:
 
 @bp.post("/v1/exports/<export_id>/extend")
 async def extend(export_id: str) -> dict[str, Any]:
-    """Move ``auto_delete_date`` by ``days`` (1..365) for ``days × export_extend_per_day_minor``.
+    """Move ``auto_delete_date`` by ``days`` (1..365) for the per-day price (domain.pricing).
 
     402 when the owner's balance does not cover it and 409 when the export is already due for
-    deletion; a refusal writes nothing.
+    deletion (domain.extension); a refusal writes nothing.
     """
     row = await visible_export(export_id)
     spec = await body(ExtendIn)
@@ -99,38 +101,27 @@ async def extend(export_id: str) -> dict[str, Any]:
             "days is out of range",
             [{"field": "$.days", "message": f"must be between {MIN_DAYS} and {MAX_DAYS}"}],
         )
-    price = spec.days * state().config.pricing.export_extend_per_day_minor
-    new_date = await _charge_and_move(row.user_id, row.id, spec.days, price, utc_now())
-    return {"new_auto_delete_date": dump(new_date)}
-
-
-async def _charge_and_move(
-    owner: UUID, export_id: UUID, days: int, price: int, now: datetime
-) -> datetime:
-    # Account lock first, then the export's: the same order as every charge, so no deadlock
-    # with submits, and the Reaper (export lock only) cannot delete what is being paid for.
-    async with state().db.transaction() as conn:
-        balance = await ledger.lock_account(conn, owner)
-        current = await exports.lock(conn, export_id)
-        if current is None:
-            raise not_found("export", export_id)
-        if current.auto_delete_date <= now:
+    app = state()
+    price = extension_price(spec.days, app.config.pricing)
+    done = await exports.extend_paid(app.db, row.user_id, row.id, spec.days, price, utc_now())
+    if done is None:
+        raise not_found("export", row.id)  # deleted meanwhile
+    match done.verdict:
+        case ExtensionVerdict.ALLOWED:
+            return {"new_auto_delete_date": dump(done.auto_delete_date)}
+        case ExtensionVerdict.ALREADY_DUE:
             raise conflict(
                 "export_expired",
                 "the export is due for deletion and can no longer be extended",
-                auto_delete_date=dump(current.auto_delete_date),
+                auto_delete_date=dump(done.auto_delete_date),
             )
-        if balance < price:
+        case ExtensionVerdict.INSUFFICIENT_BALANCE:
             raise ApiError(
                 402,
                 "insufficient_balance",
                 "the balance does not cover the price of this extension",
-                {"balance_minor": balance, "price_minor": price},
+                {"balance_minor": done.balance_minor, "price_minor": price},
             )
-        if price > 0:
-            note = f"export extended by {days} days"
-            await ledger.append(conn, owner, "extension", -price, export_id=export_id, note=note)
-        return await exports.move_delete_date(conn, export_id, days)
 
 
 @bp.get("/v1/exports/<export_id>/download-url")

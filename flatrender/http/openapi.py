@@ -240,10 +240,18 @@ def _error_responses() -> Json:
             "The balance does not cover the price.", "insufficient_balance"
         ),
         "ValidationFailed": _error_response("Invalid parameters or body.", "validation_failed"),
+        "StorageError": _error_response(
+            "Object storage refused the operation (e.g. access denied); nothing was lost.",
+            "storage_error",
+        ),
         "ServiceUnavailable": _error_response(
             "Object storage or database unavailable; retry later.", "service_unavailable"
         ),
     }
+
+
+# Operations that delete from object storage, which may refuse (a plain StorageError: 502).
+_STORAGE_WRITES = frozenset({("delete", "/exports/{export_id}")})
 
 
 def _error_codes(method: str, path: str, operation: Json) -> dict[str, str]:
@@ -264,6 +272,8 @@ def _error_codes(method: str, path: str, operation: Json) -> dict[str, str]:
         codes["402"] = "InsufficientBalance"
     if "requestBody" in operation or operation.get("parameters"):
         codes["422"] = "ValidationFailed"
+    if (method, path) in _STORAGE_WRITES:
+        codes["502"] = "StorageError"
     codes["503"] = "ServiceUnavailable"
     return codes
 

@@ -30,6 +30,12 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached; the request may be retried later."""
 
 
+# Sent at connect, so they are the session's defaults and survive the RESET ALL the pool runs
+# on release. UTC: timestamptz arithmetic ('+ 1 day'), date casts and date_trunc would
+# otherwise follow the server's or database's configured zone and its DST jumps.
+SERVER_SETTINGS = {"timezone": "UTC"}
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Runs under asyncio inside asyncpg: jsonb columns read and write plain Python values.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -91,7 +97,11 @@ async def open_database(url: str, min_size: int = 2, max_size: int = 10) -> Asyn
     """Open the pool; must run inside ``trio_asyncio.open_loop()``."""
     try:
         pool_cm = triopg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            server_settings=SERVER_SETTINGS,
         )
         pool = await pool_cm.__aenter__()
     except UNAVAILABLE_ERRORS as e:

@@ -7,7 +7,7 @@ extension and the Reaper on one export: whoever comes second finds the row gone 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
@@ -15,6 +15,8 @@ from uuid import UUID, uuid5
 import attrs
 
 from flatrender.actors.merger import MergedExport
+from flatrender.domain.extension import ExtensionVerdict, decide_extension
+from flatrender.persistence import ledger
 from flatrender.persistence.db import Connection, Database
 from flatrender.persistence.jobs import JobRow
 
@@ -224,22 +226,26 @@ async def delete_rows(conn: Connection, export_ids: Sequence[UUID]) -> set[UUID]
 
 
 LOCK_DUE = f"""
-SELECT {_EXPORT_COLUMNS} FROM exports WHERE auto_delete_date <= $1
+SELECT {_EXPORT_COLUMNS} FROM exports WHERE auto_delete_date <= $1 AND id <> ALL($3::uuid[])
 ORDER BY auto_delete_date, id LIMIT $2 FOR UPDATE SKIP LOCKED
 """
 
 
-async def lock_due(conn: Connection, now: datetime, limit: int) -> list[ExportRow]:
-    """Up to ``limit`` exports whose ``auto_delete_date`` is at or before ``now``, locked.
+async def lock_due(
+    conn: Connection, now: datetime, limit: int, *, skip: Collection[UUID] = ()
+) -> list[ExportRow]:
+    """Up to ``limit`` exports whose ``auto_delete_date`` is at or before ``now``, locked,
+    those in ``skip`` left out.
 
     Rows another transaction holds (a delete or an extension in progress) are skipped: they are
     either gone or moved when it commits, and the next round looks again.
     """
-    return [export_from(r) for r in await conn.fetch(LOCK_DUE, now, limit)]
+    return [export_from(r) for r in await conn.fetch(LOCK_DUE, now, limit, list(skip))]
 
 
+# A day of extension is 24 hours whatever the session's zone ('1 day' follows its DST).
 MOVE_DELETE_DATE = """
-UPDATE exports SET auto_delete_date = auto_delete_date + make_interval(days => $2)
+UPDATE exports SET auto_delete_date = auto_delete_date + $2 * interval '24 hours'
 WHERE id = $1 RETURNING auto_delete_date
 """
 
@@ -249,3 +255,54 @@ async def move_delete_date(conn: Connection, export_id: UUID, days: int) -> date
     value = await conn.fetchval(MOVE_DELETE_DATE, export_id, days)
     assert isinstance(value, datetime)
     return value
+
+
+@attrs.frozen
+class Extension:
+    """What came of a paid extension: on ``ALLOWED`` the new date and the balance after the
+    charge; on a refusal the current date and balance (and nothing was written)."""
+
+    verdict: ExtensionVerdict
+    auto_delete_date: datetime
+    balance_minor: int
+
+
+class _Refused(Exception):
+    def __init__(self, outcome: Extension) -> None:
+        super().__init__(outcome.verdict.value)
+        self.outcome = outcome
+
+
+async def extend_paid(
+    db: Database, owner: UUID, export_id: UUID, days: int, price_minor: int, now: datetime
+) -> Extension | None:
+    """Charge ``owner`` ``price_minor`` and move the export's date by ``days``, in one
+    transaction, if :func:`decide_extension` allows it; None when there is no such export.
+
+    Account lock first, then the export's: the order of every charge, so no deadlock with
+    submits; concurrent extensions serialise and each is charged once, and the Reaper (export
+    lock only) cannot delete what is being paid for. A refusal rolls back: it writes nothing.
+    """
+    try:
+        async with db.transaction() as conn:
+            balance = await ledger.lock_account(conn, owner)
+            current = await lock(conn, export_id)
+            if current is None:
+                return None
+            verdict = decide_extension(
+                auto_delete_date=current.auto_delete_date,
+                now=now,
+                balance_minor=balance,
+                price_minor=price_minor,
+            )
+            if verdict is not ExtensionVerdict.ALLOWED:
+                raise _Refused(Extension(verdict, current.auto_delete_date, balance))
+            if price_minor > 0:
+                note = f"export extended by {days} days"
+                await ledger.append(
+                    conn, owner, "extension", -price_minor, export_id=export_id, note=note
+                )
+            moved = await move_delete_date(conn, export_id, days)
+            return Extension(verdict, moved, balance - price_minor)
+    except _Refused as refused:
+        return refused.outcome

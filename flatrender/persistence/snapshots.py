@@ -9,6 +9,7 @@ answers the live row, so concurrent identical requests share one render.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -198,7 +199,8 @@ async def mark_failed(conn: Connection, job_id: UUID, now: datetime) -> None:
 
 # A live render is never reaped under its job: Pending/Rendering rows end with their job.
 EXPIRED = """
-SELECT id FROM snapshots WHERE expires_at <= $1 AND status IN ('Cached', 'Failed')
+SELECT id FROM snapshots
+WHERE expires_at <= $1 AND status IN ('Cached', 'Failed') AND id <> ALL($3::uuid[])
 ORDER BY expires_at LIMIT $2
 """
 DELETE = """
@@ -207,8 +209,12 @@ DELETE FROM snapshots WHERE id = ANY($1::uuid[]) AND expires_at <= $2
 """
 
 
-async def expired(db: Database, now: datetime, limit: int) -> list[UUID]:
-    return [r["id"] for r in await db.fetch(EXPIRED, now, limit)]
+async def expired(
+    db: Database, now: datetime, limit: int, *, skip: Collection[UUID] = ()
+) -> list[UUID]:
+    """Up to ``limit`` expired snapshots that no render holds, oldest first, but those in
+    ``skip``."""
+    return [r["id"] for r in await db.fetch(EXPIRED, now, limit, list(skip))]
 
 
 async def delete_expired(db: Database, ids: list[UUID], now: datetime) -> int:

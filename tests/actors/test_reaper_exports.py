@@ -11,6 +11,7 @@ from uuid import UUID, uuid4
 
 import attrs
 import pytest
+import trio
 
 from flatrender.actors import retention
 from flatrender.actors.reaper import Reaper, ReapTask
@@ -19,7 +20,7 @@ from flatrender.actors.system import ActorSystem
 from flatrender.config import Config, ExportsConfig, JobsConfig
 from flatrender.persistence import exports
 from flatrender.persistence.db import Database
-from flatrender.storage import MinioStore, ObjectStore, StorageUnavailable
+from flatrender.storage import MinioStore, ObjectInfo, ObjectStore, StorageUnavailable
 from tests.http.test_exports import make_export, unreachable_store
 from tests.http.test_renders import make_project
 
@@ -36,7 +37,7 @@ class WatchedStore:
     deletes: list[tuple[str, bool]] = attrs.Factory(list)
 
     async def delete(self, key: str) -> None:
-        if key.startswith("exports/"):  # other tasks delete other things (other tests' too)
+        if key.startswith("exports/"):
             export_id = UUID(key.split("/")[1])
             row_present = await exports.get(self.db, export_id) is not None
             self.deletes.append((key, row_present))
@@ -48,14 +49,37 @@ class WatchedStore:
         return getattr(self.inner, name)
 
 
+@attrs.define
+class ScopedStore:
+    """The real store, listing only keys under ``prefix``: the session's bucket is shared, and
+    a reap with a cut-off in the future must not touch (nor count) other tests' objects."""
+
+    inner: Any
+    prefix: str | tuple[str, ...]
+
+    async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
+        return [o for o in await self.inner.list_prefix(prefix) if o.key.startswith(self.prefix)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @pytest.fixture
 def store(config: Config) -> MinioStore:
     return MinioStore(config.s3)
 
 
-def tasks(db: Database, store: Any, config: Config, batch: int = 100) -> list[ReapTask]:
+def tasks(
+    db: Database,
+    store: Any,
+    config: Config,
+    batch: int = 100,
+    scope: str | tuple[str, ...] = "exports/",
+) -> list[ReapTask]:
+    """Every retention task; the listing passes (segments, unrecorded replicas) see only
+    ``scope`` (exports are found by their rows, in this test's own database)."""
     cfg = attrs.evolve(config, exports=ExportsConfig(reap_batch_size=batch))
-    return retention_tasks(db, store, lambda: cfg)
+    return retention_tasks(db, ScopedStore(store, scope), lambda: cfg)
 
 
 async def due_export(db: Database, store: ObjectStore, due: datetime) -> exports.ExportRow:
@@ -120,9 +144,11 @@ async def test_due_exports_go_in_bounded_batches(
     sizes: list[int] = []
     real_lock_due = exports.lock_due
 
-    async def counted(conn: Any, now: datetime, limit: int) -> list[exports.ExportRow]:
+    async def counted(
+        conn: Any, now: datetime, limit: int, *, skip: Any = ()
+    ) -> list[exports.ExportRow]:
         assert limit == 2
-        found = await real_lock_due(conn, now, limit)
+        found = await real_lock_due(conn, now, limit, skip=skip)
         sizes.append(len(found))
         return found
 
@@ -236,13 +262,16 @@ async def test_segments_go_once_their_job_ended_past_the_grace_or_has_no_row(
     old_failed = await put_segments(store, await add_job(db, project, "Failed", now - 2 * grace))
     recent = await put_segments(store, await add_job(db, project, "Cancelled", now - grace / 2))
     running = await put_segments(store, await add_job(db, project, "Rendering", None))
-    orphans = await put_segments(store, uuid4())
-    odd = "renders/not-a-job/x.mp4"
+    orphan_job = uuid4()
+    orphans = await put_segments(store, orphan_job)
+    odd = f"renders/not-a-job-{uuid4()}/x.mp4"
     await store.put_bytes(odd, b"?")
+    mine = tuple(f"renders/{k.split('/')[1]}/" for k in old_done + old_failed + recent + running)
+    scoped = ScopedStore(store, (*mine, f"renders/{orphan_job}/", odd))
 
-    removed = await retention.reap_segments(db, store, now - grace, 1000)
+    removed = await retention.reap_segments(db, scoped, now - grace, 1000)
 
-    assert removed >= 6  # other tests' leftovers in the shared bucket may go too
+    assert removed == 6
     assert await present(store, old_done + old_failed + orphans) == [False] * 6
     assert await present(store, recent + running + [odd]) == [True] * 5
     await store.delete(odd)
@@ -251,12 +280,11 @@ async def test_segments_go_once_their_job_ended_past_the_grace_or_has_no_row(
 async def test_segment_reaping_stops_at_its_limit(db: Database, store: MinioStore) -> None:
     project = await make_project(db, uuid4())
     now = datetime.now(UTC) + timedelta(days=2)
-    keys = await put_segments(
-        store, await add_job(db, project, "Completed", now - timedelta(days=1)), 3
-    )
-    # Other tests' leftovers in the shared bucket may take some of the slots: never more than 2.
-    counts = [await retention.reap_segments(db, store, now, 2) for _ in range(20)]
-    assert max(counts) == 2 and counts[-1] == 0
+    job_id = await add_job(db, project, "Completed", now - timedelta(days=1))
+    keys = await put_segments(store, job_id, 3)
+    scoped = ScopedStore(store, f"renders/{job_id}/")
+    counts = [await retention.reap_segments(db, scoped, now, 2) for _ in range(3)]
+    assert counts == [2, 1, 0]
     assert await present(store, keys) == [False] * 3
 
 
@@ -294,8 +322,8 @@ async def test_replicas_go_once_no_job_of_their_version_ran_within_the_grace(
     await add_job(db, project, "Completed", NOW - grace / 2, version=3)
     unused = await add_replica(db, store, project, 4)  # built, never rendered: idle as well
 
-    reaper = Reaper(tasks(db, store, config), now=lambda: NOW)
-    assert (await reaper.run_once())["replicas"] >= 2  # with other tests' unrecorded leftovers
+    reaper = Reaper(tasks(db, store, config, scope=f"replicas/{project}/"), now=lambda: NOW)
+    assert (await reaper.run_once())["replicas"] == 2
 
     assert await present(store, [idle, unused]) == [False, False]
     assert await present(store, [in_use, recent]) == [True, True]
@@ -311,10 +339,11 @@ async def test_replica_objects_no_row_names_go_after_the_grace(
     unrecorded = f"replicas/{project}/2.aep"
     await store.put_bytes(unrecorded, b"aep")
     real_now = datetime.now(UTC)
+    scoped = ScopedStore(store, f"replicas/{project}/")
     # Younger than the cut-off's grace: kept (a node may be uploading it for a Preparing job).
-    await retention.reap_replicas(db, store, real_now - timedelta(days=1), 100)
+    await retention.reap_replicas(db, scoped, real_now - timedelta(days=1), 100)
     assert await present(store, [recorded, unrecorded]) == [True, True]
-    assert await retention.reap_replicas(db, store, real_now + timedelta(days=1), 100) >= 1
+    assert await retention.reap_replicas(db, scoped, real_now + timedelta(days=1), 100) == 1
     assert await present(store, [recorded, unrecorded]) == [True, False]
     assert await replica_rows(db, project) == [1]
 
@@ -325,9 +354,11 @@ async def test_replica_rows_stay_while_storage_is_down(
     project = await make_project(db, uuid4())
     key = await add_replica(db, store, project, 1)
     cutoff = NOW - timedelta(days=1)
-    assert await retention.reap_replicas(db, unreachable_store(config), cutoff, 10) == 0
+    mine = f"replicas/{project}/"
+    down = ScopedStore(unreachable_store(config), mine)
+    assert await retention.reap_replicas(db, down, cutoff, 10) == 0
     assert await replica_rows(db, project) == [1]
-    assert await retention.reap_replicas(db, store, cutoff, 10) >= 1  # others' leftovers too
+    assert await retention.reap_replicas(db, ScopedStore(store, mine), cutoff, 10) == 1
     assert await replica_rows(db, project) == []
     assert await present(store, [key]) == [False]
 
@@ -343,6 +374,19 @@ async def test_retention_tasks_reject_nonsense(
         retention_tasks(db, store, lambda: no_grace)
 
 
-async def test_the_actor_systems_reaper_runs_the_retention_tasks(actor_system: ActorSystem) -> None:
-    removed = actor_system.reaper.statistics().removed
-    assert {"exports_expired", "render_segments", "replicas"} <= set(removed)
+async def test_the_actor_systems_reaper_runs_the_retention_tasks(
+    db: Database, store: MinioStore, actor_system: ActorSystem
+) -> None:
+    """One round of the system's own Reaper (real clock) removes an expired export, and its
+    segment and replica tasks run without failing (a failed task is absent from the round)."""
+    reaper = actor_system.reaper
+    with trio.fail_after(10):  # its first round, begun at start-up, is over
+        while reaper.statistics().rounds < 1:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    row = await due_export(db, store, datetime.now(UTC) - timedelta(minutes=1))
+
+    removed = await reaper.run_once()
+
+    assert removed["exports_expired"] == 1
+    assert {"render_segments", "replicas"} <= set(removed)
+    assert await all_gone(db, store, row)

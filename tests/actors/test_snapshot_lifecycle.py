@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import attrs
+import trio
 
 from flatrender.actors import job
 from flatrender.actors.reaper import Reaper, snapshot_tasks
@@ -19,7 +20,7 @@ from flatrender.http.common import AppState
 from flatrender.persistence import ledger
 from flatrender.persistence import snapshots as snapshot_db
 from flatrender.persistence.db import Database
-from flatrender.storage import MinioStore
+from flatrender.storage import MinioStore, StorageError
 from tests.helpers import Tokens, bearer
 from tests.http.test_snapshots import ask, make_project
 
@@ -135,5 +136,62 @@ async def test_reaper_removes_expired_snapshots_objects_before_rows(
     assert await reaper.run_once() == {"snapshot_expiry": 0}
 
 
-async def test_the_actor_systems_reaper_has_the_snapshot_task(actor_system: ActorSystem) -> None:
-    assert "snapshot_expiry" in actor_system.reaper.statistics().removed
+@attrs.define
+class RefusingStore:
+    """The real store, refusing to delete the keys of ``refused`` as S3 does with 403."""
+
+    inner: MinioStore
+    refused: UUID
+    attempts: list[str] = attrs.Factory(list)
+
+    async def delete(self, key: str) -> None:
+        self.attempts.append(key)
+        if key.split("/")[1] == str(self.refused):
+            raise StorageError(f"S3 operation failed; code: AccessDenied, key: {key}")
+        await self.inner.delete(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_snapshot_storage_refuses_keeps_its_row_and_the_others_go(
+    config: Config, db: Database, tokens: Tokens
+) -> None:
+    store = MinioStore(config.s3)
+    project = await make_project(db, tokens.user_id)
+    # The oldest expiry: the first of every batch, every round.
+    first = await add_snapshot(
+        db, store, project, tokens.user_id, "Cached", NOW - timedelta(hours=1), 30
+    )
+    others = [
+        await add_snapshot(
+            db, store, project, tokens.user_id, "Cached", NOW - timedelta(minutes=m), 31 + m
+        )
+        for m in (1, 2)
+    ]
+    refusing = RefusingStore(store, first)
+    reaper = Reaper(snapshot_tasks(db, refusing, batch=1), now=lambda: NOW)  # type: ignore[arg-type]
+
+    assert await reaper.run_once() == {"snapshot_expiry": 2}
+    assert {r["id"] for r in await db.fetch("SELECT id FROM snapshots")} == {first}
+    assert refusing.attempts.count(snapshot_db.image_key(first)) == 1  # once in the round
+    for sid in others:
+        assert await store.stat(snapshot_db.image_key(sid)) is None
+
+
+async def test_the_actor_systems_reaper_removes_an_expired_snapshot(
+    actor_system: ActorSystem, config: Config, db: Database, tokens: Tokens
+) -> None:
+    """One round of the system's own Reaper (real clock), not just its list of task names."""
+    reaper = actor_system.reaper
+    with trio.fail_after(10):  # its first round, begun at start-up, is over
+        while reaper.statistics().rounds < 1:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    store = MinioStore(config.s3)
+    project = await make_project(db, tokens.user_id)
+    expired = datetime.now(UTC) - timedelta(minutes=1)
+    sid = await add_snapshot(db, store, project, tokens.user_id, "Cached", expired, 30)
+
+    assert (await reaper.run_once())["snapshot_expiry"] == 1
+    assert await db.fetchval("SELECT count(*) FROM snapshots WHERE id = $1", sid) == 0
+    assert await store.stat(snapshot_db.image_key(sid)) is None

@@ -22,7 +22,7 @@ from flatrender.http.app import create_app
 from flatrender.http.common import AppState
 from flatrender.persistence import exports, ledger
 from flatrender.persistence.db import Database
-from flatrender.storage import MinioStore, ObjectStore
+from flatrender.storage import MinioStore, ObjectStore, StorageError
 from tests.helpers import Tokens, bearer
 
 PER_DAY = 5  # minor units per day of extension, pinned so the charges read as arithmetic
@@ -213,6 +213,12 @@ async def test_list_shows_own_exports_newest_first_with_paging(
     }
     bad = await api.get("/v1/exports?page=x", headers=bearer(tokens.user))
     await error_of(bad, 422, "validation_failed")
+    last = await api.get("/v1/exports?page=1000000&page_size=100", headers=bearer(tokens.user))
+    assert (await last.get_json())["data"] == []
+    for page in ("1000001", "1000000000000000000"):  # an OFFSET past bigint was a 500
+        huge = await api.get(f"/v1/exports?page={page}&page_size=100", headers=bearer(tokens.user))
+        error = await error_of(huge, 422, "validation_failed")
+        assert [e["field"] for e in error["details"]["errors"]] == ["page"]
 
 
 async def test_a_service_cannot_list_and_an_admin_lists_only_their_own(
@@ -322,6 +328,37 @@ async def test_delete_while_storage_is_down_is_503_and_loses_nothing(
     assert await real.list_prefix(f"exports/{row.id}/") == []
 
 
+@attrs.define
+class RefusingStore:
+    """The real store, but deletes are refused as S3 does with 403 AccessDenied."""
+
+    inner: MinioStore
+
+    async def delete(self, key: str) -> None:
+        raise StorageError(f"S3 operation failed; code: AccessDenied, key: {key}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_delete_storage_refuses_is_502_in_the_error_format_and_loses_nothing(
+    api: Any, app_state: AppState, db: Database, tokens: Tokens
+) -> None:
+    row = await make_export(db, app_state.store, tokens.user_id)
+    real = app_state.store
+    app_state.store = RefusingStore(real)  # type: ignore[assignment]
+    try:
+        response = await api.delete(f"/v1/exports/{row.id}", headers=bearer(tokens.user))
+        error = await error_of(response, 502, "storage_error")
+        assert error["details"] == {}
+        assert "AccessDenied" not in error["message"]  # the server's words stay in the log
+    finally:
+        app_state.store = real
+    assert await exports.get(db, row.id) == row
+    assert len(await exports.files_of(db, [row.id])) == 2
+    assert await real.get_bytes(row.path) == VIDEO
+
+
 # ------------------------------------------------------------------ extend
 
 
@@ -403,6 +440,19 @@ async def test_extend_of_an_export_already_due_is_409(
     await ledger.credit(db, tokens.user_id, 1000)
     await error_of(await extend(api, tokens.user, row.id, 5), 409, "export_expired")
     assert await extension_entries(db, tokens.user_id) == []
+
+
+async def test_a_negative_configured_price_per_day_is_taken_as_zero(
+    api: Any, app_state: AppState, db: Database, tokens: Tokens
+) -> None:
+    """The price comes from domain.pricing, which clamps: free, never a credit."""
+    app_state.config = attrs.evolve(
+        app_state.config, pricing=PricingConfig(export_extend_per_day_minor=-PER_DAY)
+    )
+    row = await make_export(db, app_state.store, tokens.user_id)
+    assert (await extend(api, tokens.user, row.id, 5)).status_code == 200
+    assert await extension_entries(db, tokens.user_id) == []
+    assert await ledger.balance(db, tokens.user_id) == 0
 
 
 async def test_concurrent_extensions_serialise_on_the_account(

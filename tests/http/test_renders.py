@@ -365,7 +365,10 @@ async def test_list_filters_by_step(api, db, tokens: Tokens) -> None:
     }
 
 
-@pytest.mark.parametrize("query", ["status=Done", "status=failed", "page=x"])
+@pytest.mark.parametrize(
+    "query",
+    ["status=Done", "status=failed", "page=x", "page=1000001", "page=1000000000000000000"],
+)
 async def test_list_rejects_bad_query(api, tokens: Tokens, query: str) -> None:
     response = await api.get(f"/v1/renders?{query}", headers=bearer(tokens.user))
     assert response.status_code == 422
