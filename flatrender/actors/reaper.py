@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import attrs
 import trio
 
+from flatrender.actors import snapshot_objects
 from flatrender.clock import utc_now
 from flatrender.persistence import health, snapshots
 from flatrender.persistence.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
@@ -128,7 +129,8 @@ def health_tasks(
 
 def snapshot_tasks(db: Database, store: ObjectStore, batch: int = 200) -> list[ReapTask]:
     """Expired snapshots (Cached or Failed; a render in progress ends with its job first), in
-    batches of `batch`: the image and thumbnail objects first, then the rows (DESIGN §7). A
+    batches of `batch`: the objects first (the keys each row names, then any superseded attempt
+    under its prefix), then the rows (DESIGN §7). A
     crash in between leaves expired rows without objects, removed by the next round; never an
     object without its row. Counts removed rows; one log line per snapshot."""
     if batch < 1:
@@ -137,15 +139,15 @@ def snapshot_tasks(db: Database, store: ObjectStore, batch: int = 200) -> list[R
     async def delete_expired(now: datetime) -> int:
         total = 0
         while True:
-            ids = await snapshots.expired(db, now, batch)
-            for snapshot_id in ids:
-                await store.delete(snapshots.image_key(snapshot_id))
-                await store.delete(snapshots.thumbnail_key(snapshot_id))
+            rows = await snapshots.expired(db, now, batch)
+            for row in rows:
+                await snapshot_objects.remove_all(store, row)
+            ids = [row.id for row in rows]
             removed = await snapshots.delete_expired(db, ids, now) if ids else 0
             for snapshot_id in ids:
                 logger.info("reaped snapshot %s", snapshot_id)
             total += removed
-            if len(ids) < batch:
+            if len(rows) < batch:
                 return total
 
     return [ReapTask("snapshot_expiry", delete_expired)]

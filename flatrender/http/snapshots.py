@@ -24,6 +24,7 @@ from uuid import UUID, uuid4
 import attrs
 from quart import Blueprint
 
+from flatrender.actors import snapshot_objects
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.clock import utc_now
 from flatrender.domain import snapshots as snap
@@ -117,10 +118,7 @@ async def _urls(row: SnapshotRow, now: datetime) -> tuple[str | None, str | None
 
 async def _remove_expired(row: SnapshotRow, now: datetime) -> None:
     """Objects first, then the row (DESIGN §7), as the Reaper would."""
-    objects = state().store
-    for key in (row.image_key, row.thumbnail_key):
-        if key:
-            await objects.delete(key)
+    await snapshot_objects.remove_all(state().store, row)
     await snapshot_db.delete_expired(state().db, [row.id], now)
 
 
@@ -166,7 +164,7 @@ async def _create(
 
 def _job(new: snapshot_db.NewSnapshot, found: snapshot_db.Lookup, price: int) -> jobs.NewJob:
     return jobs.NewJob(
-        id=new.id,  # the snapshot's id: the node uploads to the snapshot's image key
+        id=new.id,  # the snapshot's id: the node uploads under the snapshot's prefix
         user_id=new.user_id,
         saved_project_id=new.saved_project_id,
         project_version=new.project_version,

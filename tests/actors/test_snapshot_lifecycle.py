@@ -6,22 +6,28 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 from uuid import UUID, uuid4
 
 import attrs
 
+from flatrender import media
 from flatrender.actors import job
+from flatrender.actors.job_effects import JobEffects
 from flatrender.actors.reaper import Reaper, snapshot_tasks
 from flatrender.actors.system import ActorSystem
+from flatrender.actors.validation import check_still
 from flatrender.config import Config
+from flatrender.domain import job_steps as js
 from flatrender.http.app import create_app
 from flatrender.http.common import AppState
-from flatrender.persistence import ledger
+from flatrender.persistence import job_state, ledger
 from flatrender.persistence import snapshots as snapshot_db
 from flatrender.persistence.db import Database
 from flatrender.storage import MinioStore
+from tests.actors.test_health_writer import add_node
 from tests.helpers import Tokens, bearer
-from tests.http.test_snapshots import ask, make_project
+from tests.http.test_snapshots import ask, image_of, make_project
 
 NOW = datetime(2030, 6, 1, 12, tzinfo=UTC)
 
@@ -88,7 +94,7 @@ async def add_snapshot(
     frame: int,
 ) -> UUID:
     sid = uuid4()
-    for key in (snapshot_db.image_key(sid), snapshot_db.thumbnail_key(sid)):
+    for key in (image_of(sid), snapshot_db.thumbnail_key(sid)):
         await store.put_bytes(key, b"\x89PNG not really", "image/png")
     await db.execute(
         "INSERT INTO snapshots (id, user_id, saved_project_id, project_version, scene_key, "
@@ -99,7 +105,7 @@ async def add_snapshot(
         project,
         frame,  # one live row per frame
         status,
-        snapshot_db.image_key(sid),
+        image_of(sid),
         snapshot_db.thumbnail_key(sid),
         expires - timedelta(hours=24),
         expires,
@@ -129,11 +135,63 @@ async def test_reaper_removes_expired_snapshots_objects_before_rows(
     left = {r["id"] for r in await db.fetch("SELECT id FROM snapshots")}
     assert left == {rendering, fresh}
     for sid in gone:
-        assert await store.stat(snapshot_db.image_key(sid)) is None
+        assert await store.stat(image_of(sid)) is None
         assert await store.stat(snapshot_db.thumbnail_key(sid)) is None
-    assert await store.stat(snapshot_db.image_key(fresh)) is not None
+    assert await store.stat(image_of(fresh)) is not None
     assert await reaper.run_once() == {"snapshot_expiry": 0}
 
 
 async def test_the_actor_systems_reaper_has_the_snapshot_task(actor_system: ActorSystem) -> None:
     assert "snapshot_expiry" in actor_system.reaper.statistics().removed
+
+
+async def test_cached_image_is_the_validated_attempt_and_a_fenced_late_upload_cannot_replace_it(
+    config: Config, db: Database, actor_system: ActorSystem, tokens: Tokens, tmp_path: Path
+) -> None:
+    """Attempt 1 was superseded (its node was declared lost) and attempt 2 was rendered: the
+    snapshot caches attempt 2's own key, attempt 1's object goes, and attempt 1's node
+    uploading late writes only to its own key, never over the cached image."""
+    store = MinioStore(config.s3)
+    app = create_app(AppState(config, db, store))  # no actors: the job waits, Queued
+    project = await make_project(db, tokens.user_id)
+    async with app.test_app() as test_app:
+        api = test_app.test_client()
+        response = await api.post("/v1/snapshots", json=ask(project), headers=bearer(tokens.user))
+        sid = UUID((await response.get_json())["snapshot_id"])
+    loaded = await job_state.load(db, sid)
+    assert loaded is not None
+    row, queued = loaded
+    lost, holder = await add_node(db), await add_node(db)
+    first = js.RangeState(uuid4(), 40, 40, js.RangeStatus.FAILED, lost, 1)
+    second = js.RangeState(uuid4(), 40, 40, js.RangeStatus.RENDERED, holder, 2, frozenset({40}))
+    rendering = attrs.evolve(queued, step=js.JobStep.RENDERING, ranges=(first, second))
+    async with db.transaction() as conn:
+        revision = await job_state.save(conn, row.revision, queued, rendering, "png", NOW)
+    first_key = job_state.output_key(sid, first.id, "png")
+    second_key = job_state.output_key(sid, second.id, "png")
+    assert first_key != second_key
+    still = tmp_path / "still.png"
+    media.render_still(still, frame_number=40, width=64, height=36)
+    await store.put_bytes(first_key, b"attempt 1, superseded", "image/png")
+    await store.put_file(second_key, still, "image/png")
+    check = await check_still(store, second_key, snapshot_db.thumbnail_key(sid))
+    assert check.ok
+    effects = JobEffects(
+        actor_system.jobs.deps, attrs.evolve(row, revision=revision), rendering, Mock()
+    )
+
+    decision = js.decide(
+        rendering,
+        js.OutputValidated(second.id, True, None, check.width, check.height),
+        js.JobPolicy(max_attempts=3),
+    )
+    await effects._commit(decision)
+
+    found = await snapshot_db.get(db, sid)
+    assert found is not None
+    cached = found[0]
+    assert (cached.status, cached.image_key) == ("Cached", second_key)
+    assert cached.thumbnail_key == snapshot_db.thumbnail_key(sid)
+    assert await store.stat(first_key) is None  # the superseded attempt is gone
+    await store.put_bytes(first_key, b"attempt 1, uploaded late", "image/png")
+    assert await store.get_bytes(cached.image_key) == still.read_bytes()

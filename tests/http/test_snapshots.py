@@ -27,6 +27,11 @@ from tests.helpers import Tokens, bearer
 SCENES = [Scene("intro", 0, 29), Scene("main", 30, 89)]
 
 
+def image_of(snapshot_id: UUID) -> str:
+    """A seeded snapshot's image key: the output of its one attempt (here named by its id)."""
+    return snapshot_db.attempt_key(snapshot_id, snapshot_id)
+
+
 @pytest.fixture
 async def api(config: Config, db: Database) -> AsyncIterator[Any]:
     """The app without actors: a miss creates a job that stays Queued; no node anywhere."""
@@ -82,7 +87,7 @@ async def seed_cached(
     sid = uuid4()
     still = tmp_path / f"{sid}.png"
     media.render_still(still, frame_number=frame, width=64, height=36)
-    await store.put_file(snapshot_db.image_key(sid), still, "image/png")
+    await store.put_file(image_of(sid), still, "image/png")
     await store.put_bytes(snapshot_db.thumbnail_key(sid), media.thumbnail_png(still), "image/png")
     now = datetime.now(UTC)
     await db.execute(
@@ -94,7 +99,7 @@ async def seed_cached(
         owner,
         project_id,
         frame,
-        snapshot_db.image_key(sid),
+        image_of(sid),
         snapshot_db.thumbnail_key(sid),
         now - timedelta(seconds=2),
         now + expires_in,
@@ -120,9 +125,7 @@ async def test_cached_snapshot_is_answered_with_urls_and_no_job(
     async with httpx.AsyncClient() as http:
         image = await http.get(body["image_url"])
         thumbnail = await http.get(body["thumbnail_url"])
-    assert image.status_code == 200 and image.content == await store.get_bytes(
-        snapshot_db.image_key(sid)
-    )
+    assert image.status_code == 200 and image.content == await store.get_bytes(image_of(sid))
     assert thumbnail.status_code == 200 and thumbnail.content.startswith(b"\x89PNG")
     assert await snapshot_jobs(db) == []  # answered without the job system
 
@@ -152,7 +155,7 @@ async def test_expired_cached_snapshot_is_rendered_again_and_its_objects_removed
     assert status == 202, body
     assert body["status"] == "Pending" and body["snapshot_id"] != str(old)
     assert body["image_url"] is None and body["thumbnail_url"] is None
-    assert await store.stat(snapshot_db.image_key(old)) is None
+    assert await store.stat(image_of(old)) is None
     assert await store.stat(snapshot_db.thumbnail_key(old)) is None
     assert await db.fetchval("SELECT count(*) FROM snapshots WHERE id = $1", old) == 0
 
