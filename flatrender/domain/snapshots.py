@@ -25,6 +25,11 @@ PRICE_TYPE = "Snapshot"
 QUALITY = "High"
 RESOLUTION = "FullHD"
 OUTPUT_FORMAT = "png"
+# The largest image a node may answer with: RESOLUTION's long and short side, in either
+# orientation (a portrait project renders 1080x1920), and a byte cap no honest PNG of that size
+# reaches (1920x1080 RGBA uncompressed is about 8 MiB). Anything larger is a failed attempt.
+MAX_IMAGE_SIDES = (1920, 1080)
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 
 class SnapshotStatus(enum.Enum):
