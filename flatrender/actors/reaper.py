@@ -4,7 +4,8 @@ Owns nothing but its schedule. Each `ReapTask` removes what has expired as of a 
 instant (injected, so tests choose it) and returns how much it removed; the Reaper runs them in
 order every `interval_sec` (trio's clock) and keeps going whatever they raise. What the tasks
 are is the composition root's business: health-history retention here (`health_tasks`), expired
-snapshots (`snapshot_tasks`), exports later.
+snapshots and snapshots past their render deadline (`snapshot_tasks`), exports
+(`retention.retention_tasks`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from uuid import UUID
 
 import attrs
 import trio
@@ -151,3 +153,31 @@ def snapshot_tasks(db: Database, store: ObjectStore, batch: int = 200) -> list[R
                 return total
 
     return [ReapTask("snapshot_expiry", delete_expired)]
+
+
+def snapshot_deadline_tasks(
+    db: Database,
+    abort: Callable[[UUID, str], Awaitable[bool]],
+    timeout_sec: Callable[[], float],
+    batch: int = 100,
+) -> list[ReapTask]:
+    """Snapshots still Pending or Rendering `timeout_sec()` after their request: `abort(job_id,
+    message)` fails each through its job's actor (the snapshot Failed, refunded like any failed
+    job, its key free again) and says whether it did. At most `batch` a round; one the actor
+    could not take now stays overdue and is tried again next round. Counts aborted jobs."""
+    if batch < 1:
+        raise ValueError("batch must be positive")
+
+    async def abort_overdue(now: datetime) -> int:
+        timeout = timeout_sec()
+        if timeout <= 0:
+            return 0  # no deadline configured
+        aborted = 0
+        for job_id in await snapshots.overdue(db, now - timedelta(seconds=timeout), batch):
+            message = f"the snapshot was not rendered within {timeout:g} s of its request"
+            if await abort(job_id, message):
+                logger.warning("snapshot %s failed: %s", job_id, message)
+                aborted += 1
+        return aborted
+
+    return [ReapTask("snapshot_render_timeout", abort_overdue)]

@@ -209,6 +209,21 @@ async def mark_failed(conn: Connection, job_id: UUID, now: datetime) -> None:
     await conn.execute(MARK_FAILED, job_id, now)
 
 
+# ------------------------------------------------------------------ render deadline
+
+OVERDUE = """
+SELECT job_id FROM snapshots WHERE status IN ('Pending', 'Rendering') AND requested_at <= $1
+    AND job_id IS NOT NULL
+ORDER BY requested_at LIMIT $2
+"""
+
+
+async def overdue(db: Database, requested_before: datetime, limit: int) -> list[UUID]:
+    """The jobs of the oldest snapshots still rendering that were requested before the given
+    instant, at most ``limit``."""
+    return [r["job_id"] for r in await db.fetch(OVERDUE, requested_before, limit)]
+
+
 # ------------------------------------------------------------------ expiry
 
 # A live render is never reaped under its job: Pending/Rendering rows end with their job.

@@ -14,7 +14,7 @@ import attrs
 from flatrender import media
 from flatrender.actors import job
 from flatrender.actors.job_effects import JobEffects
-from flatrender.actors.reaper import Reaper, snapshot_tasks
+from flatrender.actors.reaper import Reaper, snapshot_deadline_tasks, snapshot_tasks
 from flatrender.actors.system import ActorSystem
 from flatrender.actors.validation import check_still
 from flatrender.config import Config
@@ -141,8 +141,83 @@ async def test_reaper_removes_expired_snapshots_objects_before_rows(
     assert await reaper.run_once() == {"snapshot_expiry": 0}
 
 
-async def test_the_actor_systems_reaper_has_the_snapshot_task(actor_system: ActorSystem) -> None:
-    assert "snapshot_expiry" in actor_system.reaper.statistics().removed
+async def test_the_actor_systems_reaper_has_the_snapshot_tasks(actor_system: ActorSystem) -> None:
+    removed = actor_system.reaper.statistics().removed
+    assert {"snapshot_expiry", "snapshot_render_timeout"} <= set(removed)
+
+
+def priced_app(config: Config, db: Database, actor_system: ActorSystem) -> Any:
+    pricing = attrs.evolve(
+        config.pricing, price_type_factor={**config.pricing.price_type_factor, "Snapshot": 300.0}
+    )
+    priced = attrs.evolve(config, pricing=pricing)
+    return create_app(AppState(priced, db, MinioStore(config.s3), actor_system))
+
+
+async def test_a_snapshot_past_its_render_deadline_fails_refunds_and_frees_its_key(
+    config: Config, db: Database, actor_system: ActorSystem, tokens: Tokens
+) -> None:
+    project = await make_project(db, tokens.user_id)
+    await ledger.credit(db, tokens.user_id, 1000)
+    async with priced_app(config, db, actor_system).test_app() as test_app:
+        api = test_app.test_client()
+        response = await api.post("/v1/snapshots", json=ask(project), headers=bearer(tokens.user))
+        sid = UUID((await response.get_json())["snapshot_id"])
+        assert await ledger.balance(db, tokens.user_id) == 850
+        requested = await db.fetchval("SELECT requested_at FROM snapshots WHERE id = $1", sid)
+        # No node anywhere: the job waits for a replica builder that never comes.
+        tasks = snapshot_deadline_tasks(db, actor_system.abort_job, lambda: 120.0)
+        before = Reaper(tasks, now=lambda: requested + timedelta(seconds=119))
+        after = Reaper(tasks, now=lambda: requested + timedelta(seconds=121))
+
+        assert await before.run_once() == {"snapshot_render_timeout": 0}
+        shared = await api.post("/v1/snapshots", json=ask(project), headers=bearer(tokens.user))
+        assert (await shared.get_json())["snapshot_id"] == str(sid)
+
+        assert await after.run_once() == {"snapshot_render_timeout": 1}
+
+        got = await (await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.user))).get_json()
+        assert got["status"] == "Failed" and got["completed_at"]
+        job_row = await db.fetchrow(
+            "SELECT step, failed_message FROM render_jobs WHERE id = $1", sid
+        )
+        assert job_row["step"] == "Failed"
+        assert "not rendered within 120 s" in job_row["failed_message"]
+        assert await ledger.balance(db, tokens.user_id) == 1000
+        assert await after.run_once() == {"snapshot_render_timeout": 0}  # refunded once
+        assert await ledger.balance(db, tokens.user_id) == 1000
+
+        again = await api.post("/v1/snapshots", json=ask(project), headers=bearer(tokens.user))
+        body = await again.get_json()
+        assert again.status_code == 202 and body["snapshot_id"] != str(sid)
+        assert body["status"] in ("Pending", "Rendering")
+        assert await ledger.balance(db, tokens.user_id) == 850  # the new render is charged
+
+
+async def test_an_admin_cancels_a_snapshot_job_its_user_cannot_see_as_a_render(
+    config: Config, db: Database, actor_system: ActorSystem, tokens: Tokens
+) -> None:
+    project = await make_project(db, tokens.user_id)
+    await ledger.credit(db, tokens.user_id, 1000)
+    async with priced_app(config, db, actor_system).test_app() as test_app:
+        api = test_app.test_client()
+        response = await api.post("/v1/snapshots", json=ask(project), headers=bearer(tokens.user))
+        sid = UUID((await response.get_json())["snapshot_id"])
+        path = f"/v1/renders/{sid}/cancel"
+
+        assert (await api.post(path, headers=bearer(tokens.user))).status_code == 404
+        cancelled = await api.post(path, headers=bearer(tokens.admin))
+
+        assert cancelled.status_code == 200
+        assert await cancelled.get_json() == {"cancelled": True, "refund_amount_minor": 150}
+        assert await ledger.balance(db, tokens.user_id) == 1000
+        got = await (await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.user))).get_json()
+        assert got["status"] == "Failed"
+        again = await api.post(path, headers=bearer(tokens.service))  # idempotent
+        assert await again.get_json() == {"cancelled": True, "refund_amount_minor": 150}
+        assert (
+            await api.get(f"/v1/renders/{sid}", headers=bearer(tokens.admin))
+        ).status_code == 404
 
 
 async def test_cached_image_is_the_validated_attempt_and_a_fenced_late_upload_cannot_replace_it(
