@@ -82,6 +82,12 @@ def is_fresh(status: SnapshotStatus, expires: datetime, now: datetime) -> bool:
     return status is SnapshotStatus.CACHED and expires > now
 
 
+def is_expired(status: SnapshotStatus, expires: datetime, now: datetime) -> bool:
+    """Past its expiry and no render under way: gone for its reader (GET answers 404
+    ``snapshot_expired``) even before the Reaper removes it."""
+    return status in (SnapshotStatus.CACHED, SnapshotStatus.FAILED) and expires <= now
+
+
 def url_ttl_sec(default_ttl_sec: int, expires: datetime, now: datetime) -> int:
     """A presigned url lives ``default_ttl_sec`` but never past the snapshot (at least 1 s)."""
     left = int((expires - now).total_seconds())

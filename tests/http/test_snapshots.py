@@ -374,3 +374,26 @@ async def test_get_is_404_for_unknown_or_foreign_and_422_for_a_bad_id(
     assert unknown.status_code == 404
     bad = await api.get("/v1/snapshots/xyz", headers=bearer(tokens.user))
     assert bad.status_code == 422
+
+
+async def test_get_after_expiry_is_404_snapshot_expired_not_cached_without_urls(
+    api: Any, db: Database, config: Config, tokens: Tokens, tmp_path: Any
+) -> None:
+    store = MinioStore(config.s3)
+    project = await make_project(db, tokens.user_id)
+    sid = await seed_cached(
+        db, store, tokens.user_id, project, tmp_path, expires_in=timedelta(seconds=-1)
+    )
+
+    response = await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.user))
+
+    assert response.status_code == 404
+    error = (await response.get_json())["error"]
+    assert error["code"] == "snapshot_expired" and error["message"]
+    assert error["details"]["id"] == str(sid) and error["details"]["expires_at"].endswith("Z")
+    await db.execute("UPDATE snapshots SET status = 'Failed' WHERE id = $1", sid)
+    failed = await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.user))
+    assert (await failed.get_json())["error"]["code"] == "snapshot_expired"
+    # Someone else still learns nothing: plain 404 not_found.
+    foreign = await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.other_user))
+    assert (await foreign.get_json())["error"]["code"] == "not_found"
