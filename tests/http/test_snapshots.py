@@ -20,9 +20,10 @@ from flatrender.http.app import create_app
 from flatrender.http.common import AppState
 from flatrender.persistence import catalog, jobs, ledger
 from flatrender.persistence import snapshots as snapshot_db
-from flatrender.persistence.db import Database
+from flatrender.persistence.db import Database, open_database
 from flatrender.storage import MinioStore
 from tests.helpers import Tokens, bearer
+from tests.http.test_exports import unreachable_store
 
 SCENES = [Scene("intro", 0, 29), Scene("main", 30, 89)]
 
@@ -397,3 +398,74 @@ async def test_get_after_expiry_is_404_snapshot_expired_not_cached_without_urls(
     # Someone else still learns nothing: plain 404 not_found.
     foreign = await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.other_user))
     assert (await foreign.get_json())["error"]["code"] == "not_found"
+
+
+# ------------------------------------------------------------------ outages
+
+
+@pytest.fixture
+async def closed_db(config: Config) -> Database:
+    """A database whose pool is closed: every call fails as when PostgreSQL is unreachable."""
+    async with open_database(config.database.url, 1, 1) as down:
+        pass
+    return down
+
+
+async def test_database_unavailable_is_503_with_the_error_body_and_writes_nothing(
+    config: Config, db: Database, closed_db: Database, tokens: Tokens, tmp_path: Any
+) -> None:
+    store = MinioStore(config.s3)
+    project = await make_project(db, tokens.user_id)
+    cached = await seed_cached(db, store, tokens.user_id, project, tmp_path, frame=41)
+    app = create_app(AppState(config=config, db=closed_db, store=store))
+    async with app.test_app() as test_app:
+        api = test_app.test_client()
+        for response in (
+            await api.post("/v1/snapshots", json=ask(project), headers=bearer(tokens.user)),
+            await api.post(
+                "/v1/snapshots", json=ask(project, frame=41), headers=bearer(tokens.user)
+            ),
+            await api.get(f"/v1/snapshots/{cached}", headers=bearer(tokens.user)),
+        ):
+            assert response.status_code == 503
+            error = (await response.get_json())["error"]
+            assert error["code"] == "database_unavailable" and error["message"]
+    assert [r["id"] for r in await db.fetch("SELECT id FROM snapshots")] == [cached]
+    assert await snapshot_jobs(db) == []
+    assert await store.stat(image_of(cached)) is not None
+
+
+async def test_storage_unavailable_is_503_and_keeps_the_expired_snapshot_whole(
+    config: Config, db: Database, tokens: Tokens, tmp_path: Any
+) -> None:
+    """Freeing an expired key deletes its objects first: with S3 down that is a 503 and nothing
+    is deleted or created. Urls are signed locally, so fresh answers need no S3 at all."""
+    store = MinioStore(config.s3)
+    project = await make_project(db, tokens.user_id)
+    old = await seed_cached(
+        db, store, tokens.user_id, project, tmp_path, expires_in=timedelta(seconds=-1)
+    )
+    fresh = await seed_cached(db, store, tokens.user_id, project, tmp_path, frame=41)
+    state = AppState(config=config, db=db, store=unreachable_store(config))
+    app = create_app(state)
+    async with app.test_app() as test_app:
+        api = test_app.test_client()
+        status, body = await post(api, tokens.user, ask(project))
+        assert status == 503 and body["error"]["code"] == "storage_unavailable"
+        assert body["error"]["message"]
+        assert await db.fetchval("SELECT status FROM snapshots WHERE id = $1", old) == "Cached"
+        assert await db.fetchval("SELECT count(*) FROM snapshots") == 2
+        assert await snapshot_jobs(db) == []
+        assert await store.stat(image_of(old)) is not None
+        assert await store.stat(snapshot_db.thumbnail_key(old)) is not None
+
+        status, body = await post(api, tokens.user, ask(project, frame=41))
+        assert (status, body["snapshot_id"], body["status"]) == (202, str(fresh), "Cached")
+        got = await api.get(f"/v1/snapshots/{fresh}", headers=bearer(tokens.user))
+        assert got.status_code == 200 and (await got.get_json())["image_url"]
+
+        state.store = store  # storage is back: the same request renders the frame again
+        status, body = await post(api, tokens.user, ask(project))
+    assert status == 202 and body["status"] == "Pending" and body["snapshot_id"] != str(old)
+    assert await db.fetchval("SELECT count(*) FROM snapshots WHERE id = $1", old) == 0
+    assert await store.list_prefix(snapshot_db.prefix(old)) == []
