@@ -206,7 +206,10 @@ class JobEffects:
         """Superseded attempts' PNGs go once the image is cached; one that fails to go now (or
         is uploaded late) goes with the snapshot when it expires."""
         job = self.state.job_id
-        keep = (job_state.output_key(job, range_id, "png"), snapshots.thumbnail_key(job))
+        keep = (
+            job_state.output_key(job, range_id, self.row.output_format),
+            snapshots.thumbnail_key(job),
+        )
         try:
             await snapshot_objects.sweep_superseded(self.deps.store, job, keep)
         except StorageError as e:
