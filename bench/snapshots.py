@@ -50,7 +50,13 @@ from bench import _harness as h
 from bench import _loadgen as lg
 from flatrender import media
 from flatrender.http.auth import mint_token
-from flatrender.persistence.snapshots import image_key, thumbnail_key
+from flatrender.persistence.snapshots import attempt_key, thumbnail_key
+
+
+def image_key(snapshot_id: UUID) -> str:
+    """A cached snapshot's image: the output of its (only) attempt, here named by its id."""
+    return attempt_key(snapshot_id, snapshot_id)
+
 
 HOST = "127.0.0.1"
 TARGET_P99_SEC = 0.020

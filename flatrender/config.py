@@ -138,6 +138,9 @@ class ExportsConfig:
 @attrs.frozen
 class SnapshotsConfig:
     expiry_hours: int = 24
+    # A snapshot not cached this long after its request (no compatible node, every node in
+    # maintenance, ...) fails through its job's actor: refunded, and the key free to render again.
+    render_timeout_sec: float = 600.0
 
 
 @attrs.frozen

@@ -32,6 +32,8 @@ _Y_ONE, _Y_ZERO = 235, 16
 # Demuxers we accept as render outputs: mp4/mov segments and exports, PNG stills.
 _ACCEPTED_FORMATS = frozenset({"mov", "mp4", "png_pipe", "image2"})
 _IMAGE_FORMATS = frozenset({"png_pipe", "image2"})
+# No render of ours is wider or taller (8K); a header that says so is refused before decoding.
+MAX_PICTURE_SIDE = 8192
 
 
 class MediaError(Exception):
@@ -203,10 +205,13 @@ def probe_video(path: Path) -> VideoInfo:
 
     Raises MediaError for a missing, empty, non-mp4/PNG or truncated file: an mp4 is truncated when
     its top-level boxes run past the end of the file or its sample index points past it. A single
-    image (PNG) is decoded, since that is cheap and the only way to validate it: ``frames == 1``.
+    image (PNG) is decoded, since that is cheap and the only way to validate it: ``frames == 1``;
+    a picture wider or taller than :data:`MAX_PICTURE_SIDE` is refused before anything is decoded.
     """
     size = path.stat().st_size if path.is_file() else 0
     with _open_video(path) as (container, stream):
+        if max(stream.width, stream.height) > MAX_PICTURE_SIDE:  # from the header: not decoded
+            raise MediaError(f"{path}: {stream.width}x{stream.height} is too large a picture")
         if _is_image(container):
             try:
                 next(container.decode(stream))
@@ -230,12 +235,37 @@ def probe_video(path: Path) -> VideoInfo:
         )
 
 
-def probe_png(path: Path) -> VideoInfo:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height as the PNG's IHDR header declares them, read without decoding.
+
+    Raises MediaError unless ``path`` begins with the PNG signature and an IHDR chunk.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(24)
+    except OSError as exc:
+        raise MediaError(f"{path}: unreadable: {exc}") from exc
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise MediaError(f"{path}: not a PNG (no signature and IHDR header)")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def probe_png(
+    path: Path, *, max_size: tuple[int, int] = (MAX_PICTURE_SIDE, MAX_PICTURE_SIDE)
+) -> VideoInfo:
     """A snapshot's output: exactly one PNG image, decoded whole (``frames == 1``).
 
-    Raises MediaError for a missing, empty, truncated or undecodable file, or any other kind of
-    picture or video.
+    Its header is read first: a picture wider or taller than ``max_size`` (width, height) is
+    refused before anything is decoded, so a hostile header cannot make the decoder allocate
+    gigabytes. Raises MediaError for that, and for a missing, empty, truncated or undecodable
+    file, or any other kind of picture or video.
     """
+    width, height = png_size(path)
+    if not (0 < width <= max_size[0] and 0 < height <= max_size[1]):
+        raise MediaError(f"{path}: a {width}x{height} PNG, larger than {max_size[0]}x{max_size[1]}")
     info = probe_video(path)
     if info.codec != "png" or info.frames != 1:
         raise MediaError(f"{path}: a {info.codec} of {info.frames} frames, not one PNG image")

@@ -22,6 +22,7 @@ import trio
 from flatrender.actors import node
 from flatrender.actors.job_effects import JobDeps as JobDeps
 from flatrender.actors.job_effects import JobEffects
+from flatrender.actors.job_messages import Abort as Abort
 from flatrender.actors.job_messages import AssignRange as AssignRange
 from flatrender.actors.job_messages import AssignReplica as AssignReplica
 from flatrender.actors.job_messages import Cancel as Cancel
@@ -196,6 +197,8 @@ class JobActor(JobEffects):
                     js.CancelRequested(reason), also=self._record_cancel_reason(reason)
                 )
                 answer(message.reply, _refunded(decision))
+            case Abort(message=text):
+                answer(message.reply, _refunded(await self._apply(js.Abort(text))))
             case OfferTail():
                 answer(message.reply, await self._offer_tail())
             case Inspect():

@@ -17,7 +17,7 @@ from uuid import UUID
 import attrs
 import trio
 
-from flatrender.actors import node
+from flatrender.actors import node, snapshot_objects
 from flatrender.actors.fleet import Fleet, NodeUnknown
 from flatrender.actors.job_messages import _Merged, _Validated
 from flatrender.actors.mailbox import ActorUnavailable
@@ -30,7 +30,7 @@ from flatrender.domain.notify import job_end_payload
 from flatrender.domain.progress import ProgressInputs
 from flatrender.persistence import job_state, jobs, ledger, notifications, snapshots
 from flatrender.persistence.db import Connection, Database
-from flatrender.storage import ObjectStore
+from flatrender.storage import ObjectStore, StorageError
 
 log = logging.getLogger("flatrender.job")
 
@@ -151,10 +151,14 @@ class JobEffects:
                 )
             case js.SnapshotRendering():
                 await snapshots.mark_rendering(conn, job)
-            case js.CacheSnapshot(width=width, height=height):
+            case js.CacheSnapshot(width=width, height=height, range_id=range_id):
                 now = self.deps.clock()
                 expires = now + timedelta(hours=self.deps.config().snapshots.expiry_hours)
-                await snapshots.mark_cached(conn, job, width, height, now, expires)
+                image = job_state.output_key(job, range_id, self.row.output_format)
+                thumbnail = snapshots.thumbnail_key(job)
+                await snapshots.mark_cached(
+                    conn, job, width, height, now, expires, image, thumbnail
+                )
             case js.FailSnapshot():
                 await snapshots.mark_failed(conn, job, self.deps.clock())
             case _:
@@ -192,9 +196,24 @@ class JobEffects:
             case js.AbortMerge():
                 if self._merge_scope is not None:
                     self._merge_scope.cancel()
+            case js.CacheSnapshot(range_id=range_id):
+                await self._sweep_snapshot(range_id)
             case _:
                 pass  # SendRenderFrames/SendPrepareReplica happened before the commit; the rest
                 # (logs, refunds) were written in it
+
+    async def _sweep_snapshot(self, range_id: UUID) -> None:
+        """Superseded attempts' PNGs go once the image is cached; one that fails to go now (or
+        is uploaded late) goes with the snapshot when it expires."""
+        job = self.state.job_id
+        keep = (
+            job_state.output_key(job, range_id, self.row.output_format),
+            snapshots.thumbnail_key(job),
+        )
+        try:
+            await snapshot_objects.sweep_superseded(self.deps.store, job, keep)
+        except StorageError as e:
+            log.warning("job %s: superseded snapshot attempts left for expiry: %s", job, e)
 
     # ------------------------------------------------------------------ nodes
 

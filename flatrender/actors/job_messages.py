@@ -83,6 +83,14 @@ class Cancel:
 
 
 @attrs.frozen
+class Abort:
+    """Fail the job for a reason outside its ranges (a snapshot past its render deadline)."""
+
+    message: str
+    reply: Reply  # -> int: refunded minor units
+
+
+@attrs.frozen
 class OfferTail:
     """An idle node is free: give the unstarted tail of this job's longest range to it."""
 
@@ -117,6 +125,7 @@ Message = (
     | NodeGone
     | WorkDropped
     | Cancel
+    | Abort
     | OfferTail
     | Inspect
     | _Validated

@@ -4,7 +4,8 @@ Owns nothing but its schedule. Each `ReapTask` removes what has expired as of a 
 instant (injected, so tests choose it) and returns how much it removed; the Reaper runs them in
 order every `interval_sec` (trio's clock) and keeps going whatever they raise. What the tasks
 are is the composition root's business: health-history retention here (`health_tasks`), expired
-snapshots (`snapshot_tasks`), exports later.
+snapshots and snapshots past their render deadline (`snapshot_tasks`), exports
+(`retention.retention_tasks`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from uuid import UUID
 import attrs
 import trio
 
+from flatrender.actors import snapshot_objects
 from flatrender.clock import utc_now
 from flatrender.persistence import health, snapshots
 from flatrender.persistence.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
@@ -129,11 +131,12 @@ def health_tasks(
 
 def snapshot_tasks(db: Database, store: ObjectStore, batch: int = 200) -> list[ReapTask]:
     """Expired snapshots (Cached or Failed; a render in progress ends with its job first), in
-    batches of `batch`: the image and thumbnail objects first, then the rows (DESIGN §7). A
-    crash in between leaves expired rows without objects, removed by the next round; never an
-    object without its row. Counts removed rows; one log line per snapshot. A snapshot whose
-    objects storage refuses for good (403) keeps its row and is passed by for the rest of the
-    round; only `StorageUnavailable` ends the round (the Reaper logs it)."""
+    batches of `batch`: the objects first (the keys each row names, then any superseded attempt
+    under its prefix), then the rows (DESIGN §7). A crash in between leaves expired rows without
+    objects, removed by the next round; never an object without its row. Counts removed rows; one
+    log line per snapshot. A snapshot whose objects storage refuses for good (403) keeps its row
+    and is passed by for the rest of the round; only `StorageUnavailable` ends the round (the
+    Reaper logs it)."""
     if batch < 1:
         raise ValueError("batch must be positive")
 
@@ -141,24 +144,51 @@ def snapshot_tasks(db: Database, store: ObjectStore, batch: int = 200) -> list[R
         total = 0
         refused: set[UUID] = set()
         while True:
-            ids = await snapshots.expired(db, now, batch, skip=refused)
+            rows = await snapshots.expired(db, now, batch, skip=refused)
             gone = []
-            for snapshot_id in ids:
+            for row in rows:
                 try:
-                    await store.delete(snapshots.image_key(snapshot_id))
-                    await store.delete(snapshots.thumbnail_key(snapshot_id))
+                    await snapshot_objects.remove_all(store, row)
                 except StorageUnavailable:
                     raise
                 except StorageError as e:
-                    logger.warning("snapshot %s kept, object storage refused: %s", snapshot_id, e)
-                    refused.add(snapshot_id)
+                    logger.warning("snapshot %s kept, object storage refused: %s", row.id, e)
+                    refused.add(row.id)
                     continue
-                gone.append(snapshot_id)
+                gone.append(row.id)
             removed = await snapshots.delete_expired(db, gone, now) if gone else 0
             for snapshot_id in gone:
                 logger.info("reaped snapshot %s", snapshot_id)
             total += removed
-            if len(ids) < batch:
+            if len(rows) < batch:
                 return total
 
     return [ReapTask("snapshot_expiry", delete_expired)]
+
+
+def snapshot_deadline_tasks(
+    db: Database,
+    abort: Callable[[UUID, str], Awaitable[bool]],
+    timeout_sec: Callable[[], float],
+    batch: int = 100,
+) -> list[ReapTask]:
+    """Snapshots still Pending or Rendering `timeout_sec()` after their request: `abort(job_id,
+    message)` fails each through its job's actor (the snapshot Failed, refunded like any failed
+    job, its key free again) and says whether it did. At most `batch` a round; one the actor
+    could not take now stays overdue and is tried again next round. Counts aborted jobs."""
+    if batch < 1:
+        raise ValueError("batch must be positive")
+
+    async def abort_overdue(now: datetime) -> int:
+        timeout = timeout_sec()
+        if timeout <= 0:
+            return 0  # no deadline configured
+        aborted = 0
+        for job_id in await snapshots.overdue(db, now - timedelta(seconds=timeout), batch):
+            message = f"the snapshot was not rendered within {timeout:g} s of its request"
+            if await abort(job_id, message):
+                logger.warning("snapshot %s failed: %s", job_id, message)
+                aborted += 1
+        return aborted
+
+    return [ReapTask("snapshot_render_timeout", abort_overdue)]

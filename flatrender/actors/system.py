@@ -17,15 +17,22 @@ from uuid import UUID
 
 import trio
 
+from flatrender.actors import job
 from flatrender.actors.fleet import Fleet
 from flatrender.actors.health_writer import HealthWriter
 from flatrender.actors.hub import ProgressHub
 from flatrender.actors.job import JobDeps
-from flatrender.actors.jobs import JobSystem
+from flatrender.actors.jobs import JobSystem, JobUnknown
+from flatrender.actors.mailbox import ActorUnavailable, Reply
 from flatrender.actors.merger import Merger
 from flatrender.actors.node import NodeDeps
 from flatrender.actors.notifier import Notifier
-from flatrender.actors.reaper import Reaper, health_tasks, snapshot_tasks
+from flatrender.actors.reaper import (
+    Reaper,
+    health_tasks,
+    snapshot_deadline_tasks,
+    snapshot_tasks,
+)
 from flatrender.actors.retention import retention_tasks
 from flatrender.actors.rollout import RolloutActor
 from flatrender.actors.scheduler import Scheduler
@@ -103,6 +110,9 @@ class ActorSystem:
                 *health_tasks(db, config().nodes.health_retention_days),
                 *retention_tasks(db, store, config),
                 *snapshot_tasks(db, store),
+                *snapshot_deadline_tasks(
+                    db, self.abort_job, lambda: config().snapshots.render_timeout_sec
+                ),
             ],
             now=clock,
             interval_sec=60.0,
@@ -132,6 +142,24 @@ class ActorSystem:
     async def _node_lost(self, node_id: UUID, reason: str) -> None:
         log.warning("node %s lost its work (%s): requeueing its ranges", node_id, reason)
         await self.jobs.node_lost(node_id)
+
+    async def abort_job(self, job_id: UUID, message: str) -> bool:
+        """Fail a job through its actor (started first if it is not running); False when the
+        actor cannot take it now (restarting, busy, or the job ended meanwhile)."""
+
+        def make(reply: Reply) -> job.Abort:
+            return job.Abort(message, reply)
+
+        try:
+            try:
+                await self.jobs.call(job_id, make)
+            except JobUnknown:
+                await self.jobs.start_job(job_id)
+                await self.jobs.call(job_id, make)
+        except (JobUnknown, ActorUnavailable) as e:
+            log.warning("could not abort job %s now: %s", job_id, e)
+            return False
+        return True
 
     async def drain(self) -> None:
         """Stop every actor; the health writer flushes what it holds on its way out."""

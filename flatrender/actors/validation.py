@@ -1,7 +1,8 @@
 """Validation of a range's uploaded output (DESIGN §4): it exists and holds exactly the range.
 
 The object is downloaded and its container header probed in a worker thread; nothing is decoded
-but a snapshot's PNG (:func:`check_still`), which is decoded whole and gets its thumbnail here.
+but a snapshot's PNG (:func:`check_still`), which is decoded whole and gets its thumbnail here,
+once its size in bytes and the width and height in its header are known to be within bounds.
 A truncated or mismatched file is a failed attempt, rendered again.
 """
 
@@ -15,6 +16,7 @@ import attrs
 import trio
 
 from flatrender import media
+from flatrender.domain import snapshots as snap
 from flatrender.storage import ObjectNotFound, ObjectStore
 
 
@@ -52,18 +54,49 @@ async def check_output(store: ObjectStore, key: str, expected_frames: int) -> Ou
 SNAPSHOT_THUMBNAIL_WIDTH = 160
 
 
-async def check_still(store: ObjectStore, key: str, thumbnail_key: str) -> OutputCheck:
-    """A snapshot's output: ``key`` holds one decodable PNG; its thumbnail is then stored at
-    ``thumbnail_key`` before this answers ok. Never raises for a bad file; StorageUnavailable
-    propagates (nothing is answered: the validation runs again when the actor restarts)."""
+@attrs.frozen
+class StillLimits:
+    """What a snapshot's PNG may weigh and measure before it is downloaded or decoded: the
+    snapshot's resolution (:data:`flatrender.domain.snapshots.MAX_IMAGE_SIDES`) in either
+    orientation, and a byte cap well above any honest PNG of that size."""
+
+    max_bytes: int = snap.MAX_IMAGE_BYTES
+    max_sides: tuple[int, int] = snap.MAX_IMAGE_SIDES  # (long side, short side)
+
+
+async def check_still(
+    store: ObjectStore, key: str, thumbnail_key: str, limits: StillLimits = StillLimits()
+) -> OutputCheck:
+    """A snapshot's output: ``key`` holds one decodable PNG within ``limits``; its thumbnail is
+    then stored at ``thumbnail_key`` before this answers ok. The object's size is looked at
+    before it is downloaded and its header before it is decoded. Never raises for a bad file;
+    StorageUnavailable propagates (nothing is answered: the validation runs again when the actor
+    restarts)."""
+    info = await store.stat(key)
+    if info is None:
+        return OutputCheck(False, f"output {key} was never uploaded")
+    if info.size > limits.max_bytes:
+        return OutputCheck(
+            False, f"output {key} is {info.size} bytes, more than {limits.max_bytes} allowed"
+        )
     with tempfile.TemporaryDirectory(prefix="flatrender-validate-") as folder:
         path = Path(folder) / Path(key).name
         try:
             await store.download_file(key, path)
         except ObjectNotFound:
             return OutputCheck(False, f"output {key} was never uploaded")
+        if path.stat().st_size > limits.max_bytes:  # replaced since the stat
+            return OutputCheck(False, f"output {key} is more than {limits.max_bytes} bytes")
         try:
-            info = await trio.to_thread.run_sync(media.probe_png, path, limiter=_THREADS)
+            width, height = media.png_size(path)
+            long, short = limits.max_sides
+            if max(width, height) > long or min(width, height) > short:
+                return OutputCheck(
+                    False,
+                    f"output {key} is {width}x{height}, larger than {long}x{short}",
+                )
+            probe = partial(media.probe_png, path, max_size=(long, long))
+            still = await trio.to_thread.run_sync(probe, limiter=_THREADS)
             thumbnail = await trio.to_thread.run_sync(
                 partial(media.thumbnail_png, path, max_width=SNAPSHOT_THUMBNAIL_WIDTH),
                 limiter=_THREADS,
@@ -71,4 +104,4 @@ async def check_still(store: ObjectStore, key: str, thumbnail_key: str) -> Outpu
         except media.MediaError as e:
             return OutputCheck(False, f"output {key} is not a valid PNG: {e}")
     await store.put_bytes(thumbnail_key, thumbnail, "image/png")
-    return OutputCheck(True, width=info.width, height=info.height)
+    return OutputCheck(True, width=still.width, height=still.height)

@@ -233,10 +233,12 @@ class SnapshotRendering:
 
 @attrs.frozen
 class CacheSnapshot:
-    """The snapshot's image (and its thumbnail) are stored: it becomes ``Cached``."""
+    """The snapshot's image (and its thumbnail) are stored: it becomes ``Cached``, its image
+    being the output of ``range_id`` (the validated attempt, never a superseded one)."""
 
     width: int
     height: int
+    range_id: UUID
 
 
 @attrs.frozen

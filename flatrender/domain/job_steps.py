@@ -268,7 +268,8 @@ def _output_validated(state: JobState, ev: OutputValidated, policy: JobPolicy) -
     done = all(c.status is R.VALIDATED for c in new.current_ranges)
     if done and state.snapshot:  # no merge: the PNG is the image (its thumbnail is stored)
         new = attrs.evolve(new, step=J.COMPLETED)
-        effects += [CacheSnapshot(ev.width or 0, ev.height or 0), Log("info", "snapshot cached")]
+        cache = CacheSnapshot(ev.width or 0, ev.height or 0, r.id)
+        effects += [cache, Log("info", "snapshot cached")]
     elif done:
         order = tuple(c.id for c in sorted(new.current_ranges, key=lambda c: c.order_value))
         new = attrs.evolve(new, step=J.MERGING)

@@ -25,6 +25,11 @@ PRICE_TYPE = "Snapshot"
 QUALITY = "High"
 RESOLUTION = "FullHD"
 OUTPUT_FORMAT = "png"
+# The largest image a node may answer with: RESOLUTION's long and short side, in either
+# orientation (a portrait project renders 1080x1920), and a byte cap no honest PNG of that size
+# reaches (1920x1080 RGBA uncompressed is about 8 MiB). Anything larger is a failed attempt.
+MAX_IMAGE_SIDES = (1920, 1080)
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 
 class SnapshotStatus(enum.Enum):
@@ -75,6 +80,12 @@ def expires_at(now: datetime, expiry_hours: int) -> datetime:
 def is_fresh(status: SnapshotStatus, expires: datetime, now: datetime) -> bool:
     """A cached image may be answered: it is Cached and not yet expired."""
     return status is SnapshotStatus.CACHED and expires > now
+
+
+def is_expired(status: SnapshotStatus, expires: datetime, now: datetime) -> bool:
+    """Past its expiry and no render under way: gone for its reader (GET answers 404
+    ``snapshot_expired``) even before the Reaper removes it."""
+    return status in (SnapshotStatus.CACHED, SnapshotStatus.FAILED) and expires <= now
 
 
 def url_ttl_sec(default_ttl_sec: int, expires: datetime, now: datetime) -> int:

@@ -76,6 +76,7 @@ def _document() -> Json:
     doc["components"]["schemas"].update(_extra_schemas())
     doc["components"].setdefault("responses", {}).update(_error_responses())
     _add_node_protocol_fields(doc)
+    _describe_snapshots(doc)
     doc["paths"].update(_extension_paths())
     for method, path, operation in _operations(doc):
         _add_error_responses(method, path, operation)
@@ -215,6 +216,43 @@ def _add_node_protocol_fields(doc: Json) -> None:
     created["content"] = _json_content(_ref("schemas", "RenderNodeRegistered"))
     body = paths["/internal/nodes/{node_id}/heartbeat"]["post"]["requestBody"]
     body["content"] = _json_content(_ref("schemas", "NodeHeartbeatRequest"))
+
+
+SNAPSHOT_FRAME = (
+    "The project's absolute frame number (the numbering of render ranges: 0 is the project's"
+    " first frame), not an offset into the scene. It must lie within the scene's"
+    " `start_frame..end_frame` (catalog), else 422 naming `$.frame_number`."
+)
+
+
+def _describe_snapshots(doc: Json) -> None:
+    """What the contract leaves unsaid about snapshots (issue 5, README "Snapshots")."""
+    paths = doc["paths"]
+    ask = paths["/snapshots"]["post"]
+    ask["description"] = (
+        "One frame of a scene of a saved project. A fresh cached image of the same (project"
+        " version, scene, frame) is answered at once (`Cached`, presigned urls); otherwise a"
+        " snapshot render is queued or shared with an identical one under way (`Pending`,"
+        " `Rendering`). A render not cached within `[snapshots] render_timeout_sec` of its"
+        " request fails (refunded) and the next request renders again. `frame_number`: "
+        + SNAPSHOT_FRAME
+    )
+    fields = ask["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    fields["frame_number"]["description"] = SNAPSHOT_FRAME
+    fields["scene_key"]["description"] = "A scene of the project's current version (catalog)."
+    # The contract's Snapshot schema is served exactly as given: the reading is described here.
+    read = paths["/snapshots/{snapshot_id}"]["get"]
+    read["description"] = (
+        "The snapshot while it lives: `status` is `Pending`, `Rendering`, `Cached` or `Failed`;"
+        " `frame_number` is the project's absolute frame number. After `expires_at` it is gone:"
+        " 404 `snapshot_expired` (request the frame again), then `not_found` once the Reaper"
+        " removed it."
+    )
+    read["responses"]["404"] = _error_response(
+        "No such snapshot visible to the caller (`not_found`), or it has expired"
+        " (`snapshot_expired`, details `id`, `expires_at`).",
+        "snapshot_expired",
+    )
 
 
 def _error_response(description: str, code: str) -> Json:

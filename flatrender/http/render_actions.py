@@ -15,7 +15,7 @@ from flatrender.actors.jobs import JobSystem, JobUnknown
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.domain import pricing
 from flatrender.http.codec import parse_json, structure
-from flatrender.http.common import state
+from flatrender.http.common import caller, path_uuid, state
 from flatrender.http.errors import ApiError, conflict, not_found
 from flatrender.http.progress import current_progress
 from flatrender.http.renders import charge_and_insert, job_json, visible_job
@@ -49,10 +49,24 @@ async def start(job_id: UUID) -> None:
             await actors.jobs.start_job(job_id)
 
 
+async def cancellable_job(job_id: str) -> jobs.JobRow:
+    """The render job as :func:`visible_job` finds it; an admin or a service may also cancel a
+    snapshot's job (one stuck without a node), which stays 404 to its user like every other
+    ``/v1/renders`` path."""
+    principal = caller()
+    if not principal.is_admin:
+        return await visible_job(job_id)
+    jid = path_uuid("job_id", job_id)
+    row = await jobs.get_job(state().db, jid)
+    if row is None:
+        raise not_found("render job", jid)
+    return row
+
+
 @bp.post("/v1/renders/<job_id>/cancel")
 async def cancel_render(job_id: str) -> dict[str, Any]:
     """Idempotent: a second cancel answers the same refund and moves no money."""
-    row = await visible_job(job_id)
+    row = await cancellable_job(job_id)
     raw = await request.get_data(as_text=False)
     assert isinstance(raw, bytes)
     reason = structure(parse_json(raw), CancelIn).reason if raw.strip() else CancelIn().reason
@@ -62,7 +76,7 @@ async def cancel_render(job_id: str) -> dict[str, Any]:
             return {"cancelled": True, "refund_amount_minor": refund}
         except (JobUnknown, ActorUnavailable):
             pass  # it may just have ended (the cancel waited in its inbox): look again
-        row = await visible_job(job_id)
+        row = await cancellable_job(job_id)
         if not row.terminal:
             raise ApiError(503, "service_unavailable", "the job is busy, retry")
     if row.step == "Cancelled":

@@ -10,8 +10,9 @@ id; kind and price type ``Snapshot``, one frame, PNG) and any charge; the job's 
 after the commit and the answer is 202 ``Pending``/``Rendering``.
 
 The presigned urls live ``[s3] presign_ttl_sec`` (never past the snapshot); ``expires_at`` is
-the snapshot's own expiry: ask again (GET) for fresh urls until then. Someone else's project or
-snapshot is 404.
+the snapshot's own expiry: ask again (GET) for fresh urls until then. After it, GET answers 404
+``snapshot_expired`` (the contract's statuses have no "expired"; the Reaper removes the row
+soon after, and then it is plain ``not_found``). Someone else's project or snapshot is 404.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from uuid import UUID, uuid4
 import attrs
 from quart import Blueprint
 
+from flatrender.actors import snapshot_objects
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.clock import utc_now
 from flatrender.domain import snapshots as snap
@@ -117,10 +119,7 @@ async def _urls(row: SnapshotRow, now: datetime) -> tuple[str | None, str | None
 
 async def _remove_expired(row: SnapshotRow, now: datetime) -> None:
     """Objects first, then the row (DESIGN §7), as the Reaper would."""
-    objects = state().store
-    for key in (row.image_key, row.thumbnail_key):
-        if key:
-            await objects.delete(key)
+    await snapshot_objects.remove_all(state().store, row)
     await snapshot_db.delete_expired(state().db, [row.id], now)
 
 
@@ -166,7 +165,7 @@ async def _create(
 
 def _job(new: snapshot_db.NewSnapshot, found: snapshot_db.Lookup, price: int) -> jobs.NewJob:
     return jobs.NewJob(
-        id=new.id,  # the snapshot's id: the node uploads to the snapshot's image key
+        id=new.id,  # the snapshot's id: the node uploads under the snapshot's prefix
         user_id=new.user_id,
         saved_project_id=new.saved_project_id,
         project_version=new.project_version,
@@ -199,7 +198,15 @@ async def get_snapshot(snapshot_id: str) -> dict[str, Any]:
         raise not_found("snapshot", sid)
     row, project_owner = found
     require_owner(principal, project_owner, "snapshot", sid)
-    image, thumbnail = await _urls(row, utc_now())
+    now = utc_now()
+    if snap.is_expired(snap.SnapshotStatus(row.status), row.expires_at, now):
+        raise ApiError(
+            404,
+            "snapshot_expired",
+            "the snapshot has expired; request the frame again",
+            {"id": str(sid), "expires_at": dump(row.expires_at)},
+        )
+    image, thumbnail = await _urls(row, now)
     return {
         "id": str(row.id),
         "saved_project_id": str(row.saved_project_id),

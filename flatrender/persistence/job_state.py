@@ -112,9 +112,9 @@ VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
 
 def output_key(job_id: UUID, range_id: UUID, output_format: str) -> str:
     if output_format == "png":
-        # Only a snapshot's job renders a PNG, and it has the snapshot's id: its one range
-        # uploads straight to the snapshot's image key (every attempt to the same key).
-        return snapshots.image_key(job_id)
+        # Only a snapshot's job renders a PNG, and it has the snapshot's id. Each attempt has
+        # its own key: a fenced attempt's late upload cannot replace the validated image.
+        return snapshots.attempt_key(job_id, range_id)
     return f"renders/{job_id}/{range_id}.{output_format}"
 
 

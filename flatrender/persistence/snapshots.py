@@ -1,7 +1,10 @@
 """Snapshots: the cache of single rendered frames, keyed by (project version, scene, frame).
 
-A snapshot's render job has the snapshot's own id, so the node's output key is the snapshot's
-image key (DESIGN §7 ``snapshots/{snapshot_id}/image.png``) and no copy is ever made. The
+A snapshot's render job has the snapshot's own id. Each attempt of its one range uploads to a
+key of its own (:func:`attempt_key`, ``snapshots/{snapshot_id}/{range_id}.png``), so the late
+upload of a superseded (fenced) attempt can never overwrite the validated image; the row's
+``image_key`` is set to the validated attempt's key when the snapshot is cached, and no copy is
+ever made. Whatever else lies under ``snapshots/{snapshot_id}/`` is a superseded attempt. The
 partial unique index ``snapshots_one_per_frame`` admits one live (Pending, Rendering, Cached)
 snapshot per key: :func:`create` inserts with ``ON CONFLICT DO NOTHING`` and, when it loses,
 answers the live row, so concurrent identical requests share one render.
@@ -19,8 +22,14 @@ import attrs
 from flatrender.persistence.db import Connection, Database
 
 
-def image_key(snapshot_id: UUID) -> str:
-    return f"snapshots/{snapshot_id}/image.png"
+def prefix(snapshot_id: UUID) -> str:
+    """Every object of the snapshot (its attempts, its thumbnail) lies under this prefix."""
+    return f"snapshots/{snapshot_id}/"
+
+
+def attempt_key(snapshot_id: UUID, range_id: UUID) -> str:
+    """Where one attempt (frame range) of the snapshot's job uploads its PNG."""
+    return f"{prefix(snapshot_id)}{range_id}.png"
 
 
 def thumbnail_key(snapshot_id: UUID) -> str:
@@ -99,8 +108,8 @@ async def lookup(
 
 INSERT = """
 INSERT INTO snapshots (id, user_id, saved_project_id, project_version, scene_key, frame_number,
-    status, image_key, thumbnail_key, requested_at, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, 'Pending', $7, $8, $9, $10)
+    status, requested_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, 'Pending', $7, $8)
 ON CONFLICT (saved_project_id, project_version, scene_key, frame_number)
     WHERE status IN ('Pending', 'Rendering', 'Cached') DO NOTHING
 RETURNING *
@@ -134,8 +143,6 @@ async def insert(conn: Connection, new: NewSnapshot) -> tuple[SnapshotRow, bool]
         new.id,
         new.user_id,
         *key,
-        image_key(new.id),
-        thumbnail_key(new.id),
         new.requested_at,
         new.expires_at,
     )
@@ -171,7 +178,7 @@ MARK_RENDERING = (
 MARK_CACHED = """
 UPDATE snapshots SET status = 'Cached', width = $2, height = $3, completed_at = $4,
     duration_ms = GREATEST(0, floor(extract(epoch FROM ($4 - requested_at)) * 1000))::int,
-    expires_at = $5
+    expires_at = $5, image_key = $6, thumbnail_key = $7
 WHERE job_id = $1 AND status IN ('Pending', 'Rendering')
 """
 MARK_FAILED = """
@@ -185,21 +192,44 @@ async def mark_rendering(conn: Connection, job_id: UUID) -> None:
 
 
 async def mark_cached(
-    conn: Connection, job_id: UUID, width: int, height: int, now: datetime, expires: datetime
+    conn: Connection,
+    job_id: UUID,
+    width: int,
+    height: int,
+    now: datetime,
+    expires: datetime,
+    image: str,
+    thumbnail: str,
 ) -> None:
-    """Inside the transaction that completes the job (DESIGN §2.1)."""
-    await conn.execute(MARK_CACHED, job_id, width, height, now, expires)
+    """Inside the transaction that completes the job (DESIGN §2.1); ``image`` is the validated
+    attempt's key."""
+    await conn.execute(MARK_CACHED, job_id, width, height, now, expires, image, thumbnail)
 
 
 async def mark_failed(conn: Connection, job_id: UUID, now: datetime) -> None:
     await conn.execute(MARK_FAILED, job_id, now)
 
 
+# ------------------------------------------------------------------ render deadline
+
+OVERDUE = """
+SELECT job_id FROM snapshots WHERE status IN ('Pending', 'Rendering') AND requested_at <= $1
+    AND job_id IS NOT NULL
+ORDER BY requested_at LIMIT $2
+"""
+
+
+async def overdue(db: Database, requested_before: datetime, limit: int) -> list[UUID]:
+    """The jobs of the oldest snapshots still rendering that were requested before the given
+    instant, at most ``limit``."""
+    return [r["job_id"] for r in await db.fetch(OVERDUE, requested_before, limit)]
+
+
 # ------------------------------------------------------------------ expiry
 
 # A live render is never reaped under its job: Pending/Rendering rows end with their job.
 EXPIRED = """
-SELECT id FROM snapshots
+SELECT * FROM snapshots
 WHERE expires_at <= $1 AND status IN ('Cached', 'Failed') AND id <> ALL($3::uuid[])
 ORDER BY expires_at LIMIT $2
 """
@@ -211,10 +241,10 @@ DELETE FROM snapshots WHERE id = ANY($1::uuid[]) AND expires_at <= $2
 
 async def expired(
     db: Database, now: datetime, limit: int, *, skip: Collection[UUID] = ()
-) -> list[UUID]:
-    """Up to ``limit`` expired snapshots that no render holds, oldest first, but those in
+) -> list[SnapshotRow]:
+    """Up to ``limit`` expired rows that no live render holds, oldest first, but those in
     ``skip``."""
-    return [r["id"] for r in await db.fetch(EXPIRED, now, limit, list(skip))]
+    return [row_from(r) for r in await db.fetch(EXPIRED, now, limit, list(skip))]
 
 
 async def delete_expired(db: Database, ids: list[UUID], now: datetime) -> int:

@@ -81,9 +81,16 @@ def test_rendering_to_completed_when_snapshot_frame_validated() -> None:
     assert d.state.step is J.COMPLETED
     validated = d.state.range(RANGE)
     assert validated is not None and validated.status is R.VALIDATED
-    assert effects_of(d, CacheSnapshot) == [CacheSnapshot(320, 180)]
+    assert effects_of(d, CacheSnapshot) == [CacheSnapshot(320, 180, RANGE)]
     assert effects_of(d, NodeSucceeded) == [NodeSucceeded(NODE)]
     assert effects_of(d, StartMerge) == []  # no merge for a snapshot
+
+
+def test_snapshot_cached_from_the_validated_attempt_not_a_superseded_one() -> None:
+    first = the_range(R.FAILED, attempt=1)
+    second = RangeState(UUID(int=1002), FRAME, FRAME, R.RENDERED, NODE, 2, replaces_id=RANGE)
+    d = go(snapshot_job(J.RENDERING, first, second), OutputValidated(second.id, True, None, 8, 8))
+    assert effects_of(d, CacheSnapshot) == [CacheSnapshot(8, 8, second.id)]
 
 
 def test_snapshot_frame_invalid_requeues_and_does_not_cache() -> None:

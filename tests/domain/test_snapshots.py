@@ -61,3 +61,13 @@ def test_verdict_of_the_live_snapshot_of_a_key() -> None:
     assert snap.verdict(S.RENDERING, later, NOW) is V.SHARE
     assert snap.verdict(S.CACHED, later, NOW) is V.HIT
     assert snap.verdict(S.CACHED, NOW, NOW) is V.EXPIRED
+
+
+def test_is_expired_only_for_a_finished_snapshot_past_its_expiry() -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    past, future = now - timedelta(seconds=1), now + timedelta(seconds=1)
+    S = snap.SnapshotStatus
+    assert snap.is_expired(S.CACHED, past, now) and snap.is_expired(S.FAILED, now, now)
+    assert not snap.is_expired(S.CACHED, future, now)
+    assert not snap.is_expired(S.RENDERING, past, now)  # its job ends it first
+    assert not snap.is_expired(S.PENDING, past, now)

@@ -301,3 +301,19 @@ def test_document_is_a_fresh_copy_each_time() -> None:
     first = openapi_document()
     first["paths"].clear()
     assert openapi_document()["paths"]
+
+
+def test_snapshot_frame_number_is_documented_as_absolute_and_expiry_as_404(doc: Json) -> None:
+    ask = doc["paths"]["/snapshots"]["post"]
+    frame = ask["requestBody"]["content"]["application/json"]["schema"]["properties"][
+        "frame_number"
+    ]
+    for text in (frame["description"], ask["description"]):
+        assert "absolute frame number" in text and "start_frame..end_frame" in text
+    read = doc["paths"]["/snapshots/{snapshot_id}"]["get"]
+    assert "absolute frame number" in read["description"]
+    missing = read["responses"]["404"]
+    assert "snapshot_expired" in missing["description"]
+    assert missing["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }

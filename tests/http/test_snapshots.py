@@ -20,11 +20,17 @@ from flatrender.http.app import create_app
 from flatrender.http.common import AppState
 from flatrender.persistence import catalog, jobs, ledger
 from flatrender.persistence import snapshots as snapshot_db
-from flatrender.persistence.db import Database
+from flatrender.persistence.db import Database, open_database
 from flatrender.storage import MinioStore
 from tests.helpers import Tokens, bearer
+from tests.http.test_exports import unreachable_store
 
 SCENES = [Scene("intro", 0, 29), Scene("main", 30, 89)]
+
+
+def image_of(snapshot_id: UUID) -> str:
+    """A seeded snapshot's image key: the output of its one attempt (here named by its id)."""
+    return snapshot_db.attempt_key(snapshot_id, snapshot_id)
 
 
 @pytest.fixture
@@ -82,7 +88,7 @@ async def seed_cached(
     sid = uuid4()
     still = tmp_path / f"{sid}.png"
     media.render_still(still, frame_number=frame, width=64, height=36)
-    await store.put_file(snapshot_db.image_key(sid), still, "image/png")
+    await store.put_file(image_of(sid), still, "image/png")
     await store.put_bytes(snapshot_db.thumbnail_key(sid), media.thumbnail_png(still), "image/png")
     now = datetime.now(UTC)
     await db.execute(
@@ -94,7 +100,7 @@ async def seed_cached(
         owner,
         project_id,
         frame,
-        snapshot_db.image_key(sid),
+        image_of(sid),
         snapshot_db.thumbnail_key(sid),
         now - timedelta(seconds=2),
         now + expires_in,
@@ -120,9 +126,7 @@ async def test_cached_snapshot_is_answered_with_urls_and_no_job(
     async with httpx.AsyncClient() as http:
         image = await http.get(body["image_url"])
         thumbnail = await http.get(body["thumbnail_url"])
-    assert image.status_code == 200 and image.content == await store.get_bytes(
-        snapshot_db.image_key(sid)
-    )
+    assert image.status_code == 200 and image.content == await store.get_bytes(image_of(sid))
     assert thumbnail.status_code == 200 and thumbnail.content.startswith(b"\x89PNG")
     assert await snapshot_jobs(db) == []  # answered without the job system
 
@@ -152,7 +156,7 @@ async def test_expired_cached_snapshot_is_rendered_again_and_its_objects_removed
     assert status == 202, body
     assert body["status"] == "Pending" and body["snapshot_id"] != str(old)
     assert body["image_url"] is None and body["thumbnail_url"] is None
-    assert await store.stat(snapshot_db.image_key(old)) is None
+    assert await store.stat(image_of(old)) is None
     assert await store.stat(snapshot_db.thumbnail_key(old)) is None
     assert await db.fetchval("SELECT count(*) FROM snapshots WHERE id = $1", old) == 0
 
@@ -371,3 +375,98 @@ async def test_get_is_404_for_unknown_or_foreign_and_422_for_a_bad_id(
     assert unknown.status_code == 404
     bad = await api.get("/v1/snapshots/xyz", headers=bearer(tokens.user))
     assert bad.status_code == 422
+
+
+async def test_get_after_expiry_is_404_snapshot_expired_not_cached_without_urls(
+    api: Any, db: Database, config: Config, tokens: Tokens, tmp_path: Any
+) -> None:
+    store = MinioStore(config.s3)
+    project = await make_project(db, tokens.user_id)
+    sid = await seed_cached(
+        db, store, tokens.user_id, project, tmp_path, expires_in=timedelta(seconds=-1)
+    )
+
+    response = await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.user))
+
+    assert response.status_code == 404
+    error = (await response.get_json())["error"]
+    assert error["code"] == "snapshot_expired" and error["message"]
+    assert error["details"]["id"] == str(sid) and error["details"]["expires_at"].endswith("Z")
+    await db.execute("UPDATE snapshots SET status = 'Failed' WHERE id = $1", sid)
+    failed = await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.user))
+    assert (await failed.get_json())["error"]["code"] == "snapshot_expired"
+    # Someone else still learns nothing: plain 404 not_found.
+    foreign = await api.get(f"/v1/snapshots/{sid}", headers=bearer(tokens.other_user))
+    assert (await foreign.get_json())["error"]["code"] == "not_found"
+
+
+# ------------------------------------------------------------------ outages
+
+
+@pytest.fixture
+async def closed_db(config: Config, db: Database) -> Database:
+    """A database whose pool is closed: every call fails as when PostgreSQL is unreachable.
+    (After ``db``: its trio-asyncio loop is the one this pool opens and closes in.)"""
+    async with open_database(config.database.url, 1, 1) as down:
+        pass
+    return down
+
+
+async def test_database_unavailable_is_503_with_the_error_body_and_writes_nothing(
+    config: Config, db: Database, closed_db: Database, tokens: Tokens, tmp_path: Any
+) -> None:
+    store = MinioStore(config.s3)
+    project = await make_project(db, tokens.user_id)
+    cached = await seed_cached(db, store, tokens.user_id, project, tmp_path, frame=41)
+    app = create_app(AppState(config=config, db=closed_db, store=store))
+    async with app.test_app() as test_app:
+        api = test_app.test_client()
+        for response in (
+            await api.post("/v1/snapshots", json=ask(project), headers=bearer(tokens.user)),
+            await api.post(
+                "/v1/snapshots", json=ask(project, frame=41), headers=bearer(tokens.user)
+            ),
+            await api.get(f"/v1/snapshots/{cached}", headers=bearer(tokens.user)),
+        ):
+            assert response.status_code == 503
+            error = (await response.get_json())["error"]
+            assert error["code"] == "database_unavailable" and error["message"]
+    assert [r["id"] for r in await db.fetch("SELECT id FROM snapshots")] == [cached]
+    assert await snapshot_jobs(db) == []
+    assert await store.stat(image_of(cached)) is not None
+
+
+async def test_storage_unavailable_is_503_and_keeps_the_expired_snapshot_whole(
+    config: Config, db: Database, tokens: Tokens, tmp_path: Any
+) -> None:
+    """Freeing an expired key deletes its objects first: with S3 down that is a 503 and nothing
+    is deleted or created. Urls are signed locally, so fresh answers need no S3 at all."""
+    store = MinioStore(config.s3)
+    project = await make_project(db, tokens.user_id)
+    old = await seed_cached(
+        db, store, tokens.user_id, project, tmp_path, expires_in=timedelta(seconds=-1)
+    )
+    fresh = await seed_cached(db, store, tokens.user_id, project, tmp_path, frame=41)
+    state = AppState(config=config, db=db, store=unreachable_store(config))
+    app = create_app(state)
+    async with app.test_app() as test_app:
+        api = test_app.test_client()
+        status, body = await post(api, tokens.user, ask(project))
+        assert status == 503 and body["error"]["code"] == "storage_unavailable"
+        assert body["error"]["message"]
+        assert await db.fetchval("SELECT status FROM snapshots WHERE id = $1", old) == "Cached"
+        assert await db.fetchval("SELECT count(*) FROM snapshots") == 2
+        assert await snapshot_jobs(db) == []
+        assert await store.stat(image_of(old)) is not None
+        assert await store.stat(snapshot_db.thumbnail_key(old)) is not None
+
+        status, body = await post(api, tokens.user, ask(project, frame=41))
+        assert (status, body["snapshot_id"], body["status"]) == (202, str(fresh), "Cached")
+        got = await api.get(f"/v1/snapshots/{fresh}", headers=bearer(tokens.user))
+        assert got.status_code == 200 and (await got.get_json())["image_url"]
+
+        state.store = store  # storage is back: the same request renders the frame again
+        status, body = await post(api, tokens.user, ask(project))
+    assert status == 202 and body["status"] == "Pending" and body["snapshot_id"] != str(old)
+    assert await db.fetchval("SELECT count(*) FROM snapshots WHERE id = $1", old) == 0
+    assert await store.list_prefix(snapshot_db.prefix(old)) == []
