@@ -98,7 +98,7 @@ def bar_line(p: dict[str, Any], *, bar: bool = True) -> str:
 
 def reconnect_delay(reconnects: int) -> float:
     """The wait before reconnect number ``reconnects`` (1, 2, ...)."""
-    return min(RECONNECT_DELAY_SEC * 2 ** (reconnects - 1), RECONNECT_DELAY_MAX_SEC)
+    return min(RECONNECT_DELAY_SEC * 2.0 ** (reconnects - 1), RECONNECT_DELAY_MAX_SEC)
 
 
 async def watch(
