@@ -12,7 +12,7 @@ import pytest
 import trio
 from quart.testing.connections import WebsocketDisconnectError
 
-from flatrender.actors.hub import CloseReason
+from flatrender.actors.hub import ProgressHub
 from flatrender.domain.job_state import JobState, JobStep
 from flatrender.domain.progress import ProgressInputs
 from flatrender.http import ws as ws_module
@@ -137,6 +137,21 @@ async def test_the_route_is_in_the_served_openapi_document(client: Any, path: st
     assert set(doc["x-websockets"][path]["close_codes"]) >= {"1000", "1001", "1013", "4401"}
 
 
+async def overflow(hub: ProgressHub, job_id: UUID) -> None:
+    """Publish changes, each flushed, to a watcher that reads nothing, until the hub drops it:
+    the test client's queue fills, the handler's send blocks, then the subscription's channel
+    fills and the hub's ``send_nowait`` finds it full."""
+    hub.interval = 0.0  # a flush per change, so filling the channel takes no wall-clock time
+    state = JobState(job_id=job_id, start_frame=0, end_frame=299, step=JobStep.RENDERING)
+    for n in range(10 * hub.buffer):
+        hub.publish(ProgressInputs(state, 1000 + n, preview_b64=f"p{n}"))
+        await trio.sleep(0.005)  # the hub's task flushes it
+        if hub.statistics().dropped:
+            break
+    assert hub.statistics().dropped == 1
+    assert hub.statistics().subscribers == 0
+
+
 @pytest.mark.parametrize(
     ("close", "code"),
     [("too_slow", 1013), ("shutdown", 1001)],
@@ -151,8 +166,7 @@ async def test_the_hub_closing_a_subscriber_closes_its_socket_with_that_code(
         async with client.websocket(f"/ws/v1/render/{job_id}", headers=bearer(tokens.user)) as ws:
             await ws.receive()
             if close == "too_slow":
-                [subscriber] = hub._topics[UUID(job_id)].subscribers
-                subscriber._close(CloseReason.TOO_SLOW)  # what the hub does when it is full
+                await overflow(hub, UUID(job_id))
             else:
                 hub.close_all()
             with pytest.raises(WebsocketDisconnectError) as closed:
