@@ -23,7 +23,6 @@ import trio
 from quart import Blueprint, websocket
 
 from flatrender.actors.hub import CloseReason, ProgressHub, Subscription
-from flatrender.domain.progress import build, frames_reported, seeded_rate
 from flatrender.http.auth import Principal, authenticate, authenticate_token
 from flatrender.http.common import state
 from flatrender.http.errors import ApiError
@@ -151,16 +150,15 @@ async def _watch(job_text: str, principal: Principal) -> tuple[int, str]:
         loaded = await stored.load(state().db, job_id)
         if loaded is None:
             return NOT_FOUND, "no such render job"
-        _, inputs, recent = loaded
         now = trio.current_time()
-        rate = seeded_rate(now, frames_reported(inputs.state), recent)
-        if live is None:  # no actors (a read-only app): one snapshot, and come back later
-            progress = build(inputs, rate.per_sec(now))
+        if live is None or loaded.seed is None:
+            # A finished job (or no actors: a read-only app): one message, then close.
+            progress = loaded.progress(now)
             await websocket.send(progress.encode())
             if progress.terminal:
                 return CloseReason.FINISHED.value, REASONS[CloseReason.FINISHED]
             return RETRY_LATER, "live progress is not available yet"
-        subscription = live.subscribe(job_id, inputs, rate)
+        subscription = live.subscribe(job_id, loaded.seed, loaded.rate(now))
     assert live is not None and subscription is not None  # a seeded subscribe subscribes
     return await _forward(live, subscription)
 
