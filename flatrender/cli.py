@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         help="follow a render live: progress bar, then the export's link",
         description="Follow render JOB_ID over the progress WebSocket until it ends, then print "
         "its export's download link. Exit 0 when Completed, 1 when Failed or Cancelled, 2 when "
-        "refused, 3 when the orchestrator cannot be reached. --api and --token default to "
+        "refused, 3 when the orchestrator cannot be reached, 4 when it reports an error. "
+        "--api and --token default to "
         ".state/dev.json (written by `flatrender dev`).",
     )
     p.add_argument("job_id", type=UUID, metavar="JOB_ID")

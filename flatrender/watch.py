@@ -2,15 +2,19 @@
 
 A progress bar on a terminal (plain lines otherwise) until the job ends, then the export's
 download link (or its id when the link cannot be had). Exit status: 0 Completed, 1 Failed or
-Cancelled, 2 refused (token, ownership, no such job), 3 the orchestrator could not be reached.
+Cancelled, 2 refused (token, ownership, no such job), 3 the orchestrator could not be reached
+(or kept closing on us), 4 it reported an error (close 1011, or 1008 for a protocol violation).
 A close 1001 (the daemon restarts) or 1013 (we read too slowly) or a cut connection is followed
-by a reconnect, whose snapshot resyncs.
+by a reconnect, whose snapshot resyncs: at most ``RECONNECTS`` over the whole watch, each after
+a longer wait (1 s, 2 s, 4 s ... up to 30 s). A message received does not reset the count, so a
+server that sends a snapshot and then closes is not retried forever.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
@@ -20,10 +24,12 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-OK, ENDED_BADLY, REFUSED, UNREACHABLE = 0, 1, 2, 3
+OK, ENDED_BADLY, REFUSED, UNREACHABLE, SERVER_ERROR = 0, 1, 2, 3, 4
 REFUSALS = {4401: "the token was refused", 4403: "not your job", 4404: "no such job"}
-RECONNECTS = 10
-RECONNECT_DELAY_SEC = 1.0
+SERVER_ERRORS = {1011: "the orchestrator had an internal error", 1008: "protocol violation"}
+RECONNECTS = 10  # over the whole watch
+RECONNECT_DELAY_SEC = 1.0  # doubled after each reconnect
+RECONNECT_DELAY_MAX_SEC = 30.0
 BAR_WIDTH = 30
 
 
@@ -90,11 +96,23 @@ def bar_line(p: dict[str, Any], *, bar: bool = True) -> str:
     return "  ".join(parts)
 
 
-async def watch(t: Target, out: TextIO, err: TextIO, *, tty: bool) -> int:
+def reconnect_delay(reconnects: int) -> float:
+    """The wait before reconnect number ``reconnects`` (1, 2, ...)."""
+    return min(RECONNECT_DELAY_SEC * 2.0 ** (reconnects - 1), RECONNECT_DELAY_MAX_SEC)
+
+
+async def watch(
+    t: Target,
+    out: TextIO,
+    err: TextIO,
+    *,
+    tty: bool,
+    sleep: Callable[[float], Awaitable[None]] = trio.sleep,
+) -> int:
     display = Display(out, tty)
     last: dict[str, Any] | None = None
     headers = [(b"Authorization", f"Bearer {t.token}".encode())] if t.token else []
-    failures = 0
+    reconnects = 0
     while True:
         code: int | None = None
         try:
@@ -106,7 +124,6 @@ async def watch(t: Target, out: TextIO, err: TextIO, *, tty: bool) -> int:
                         code = None if e.reason is None else e.reason.code
                         break
                     last = json.loads(message)
-                    failures = 0
                     display.show(last)
         except (OSError, HandshakeError, ConnectionClosed) as e:
             code = None
@@ -120,12 +137,16 @@ async def watch(t: Target, out: TextIO, err: TextIO, *, tty: bool) -> int:
             display.done()
             print(f"flatrender watch: {REFUSALS[code]} ({code})", file=err)
             return REFUSED
-        failures += 1
-        if failures > RECONNECTS:
+        if code in SERVER_ERRORS:
             display.done()
-            print(f"flatrender watch: cannot reach {t.ws_url}: {reason}", file=err)
+            print(f"flatrender watch: {SERVER_ERRORS[code]} ({code})", file=err)
+            return SERVER_ERROR
+        reconnects += 1
+        if reconnects > RECONNECTS:
+            display.done()
+            print(f"flatrender watch: giving up on {t.ws_url}: {reason}", file=err)
             return UNREACHABLE
-        await trio.sleep(RECONNECT_DELAY_SEC)  # 1001, 1013 or a cut connection: resync
+        await sleep(reconnect_delay(reconnects))  # 1001, 1013 or a cut connection: resync
 
 
 async def _finish(t: Target, last: dict[str, Any], out: TextIO, err: TextIO) -> int:

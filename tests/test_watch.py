@@ -7,8 +7,22 @@ import json
 from pathlib import Path
 from uuid import uuid4
 
+import trio
+import trio.lowlevel
+from trio_websocket import WebSocketRequest, serve_websocket
+
 from flatrender.cli import _parser
-from flatrender.watch import Display, bar_line, target
+from flatrender.watch import (
+    RECONNECTS,
+    SERVER_ERROR,
+    UNREACHABLE,
+    Display,
+    Target,
+    bar_line,
+    reconnect_delay,
+    target,
+    watch,
+)
 
 JOB = uuid4()
 
@@ -69,3 +83,51 @@ def test_plain_output_prints_a_line_per_change_of_step_or_percent() -> None:
 def test_the_command_is_wired() -> None:
     args = _parser().parse_args(["watch", str(JOB), "--api", "http://h:1", "--token", "t"])
     assert (args.job_id, args.api, args.token) == (JOB, "http://h:1", "t")
+
+
+async def _serve_then_close(nursery: trio.Nursery, code: int, connections: list[int]) -> Target:
+    """A stand-in orchestrator: each connection gets a snapshot, then a close with ``code``."""
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        connections.append(code)
+        await ws.send_message(json.dumps({"step": "Rendering", "progress": 10}))
+        await ws.aclose(code)
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    return Target("http://127.0.0.1:1", f"ws://127.0.0.1:{server.port}/ws", "", JOB)
+
+
+async def test_a_server_that_keeps_closing_1013_is_retried_with_backoff_then_given_up(
+    nursery: trio.Nursery,
+) -> None:
+    connections: list[int] = []
+    t = await _serve_then_close(nursery, 1013, connections)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await trio.lowlevel.checkpoint()
+
+    err = io.StringIO()
+    with trio.fail_after(20):
+        status = await watch(t, io.StringIO(), err, tty=False, sleep=sleep)
+    assert status == UNREACHABLE, err.getvalue()
+    assert len(connections) == RECONNECTS + 1  # every one sent a snapshot: no reset
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0]
+    assert waits == [reconnect_delay(n) for n in range(1, RECONNECTS + 1)]
+
+
+async def test_a_close_1011_is_final_and_not_zero(nursery: trio.Nursery) -> None:
+    connections: list[int] = []
+    t = await _serve_then_close(nursery, 1011, connections)
+
+    async def sleep(seconds: float) -> None:
+        raise AssertionError("a 1011 is not retried")
+
+    err = io.StringIO()
+    with trio.fail_after(20):
+        status = await watch(t, io.StringIO(), err, tty=False, sleep=sleep)
+    assert status == SERVER_ERROR
+    assert connections == [1011]
+    assert "1011" in err.getvalue()

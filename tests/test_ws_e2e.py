@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -20,6 +21,8 @@ from tests.e2e import agent, fast_farm, people, poll, seed_project, stop
 from tests.helpers import bearer
 
 FRAMES = 240
+ARRIVAL_JITTER_SEC = 0.25  # client-side arrival times jitter around the server's flushes
+SHUTDOWN_CLOSE_SEC = 3.0
 
 
 async def watch_ws(url: str, token: str) -> tuple[list[tuple[float, dict[str, Any]]], int | None]:
@@ -101,9 +104,12 @@ async def test_watchers_see_progress_rise_then_completed_and_1000(
             assert len({m["progress"] for m in rendering}) >= 3  # it rose while we watched
             assert any(m["active_nodes"] >= 2 for m in rendering)
             assert any(m["eta_seconds"] is not None for m in rendering)
-            # At most 10 a second (the snapshot aside): no 11 messages within one second.
+            # At most 10 a second (the snapshot aside): no 11 messages within one second. These
+            # are arrival times on the client, so allow for delivery jitter: without coalescing
+            # a burst would arrive within milliseconds, far inside the margin.
             times = [t for t, _ in messages[1:]]
-            assert all(b - a >= 1.0 for a, b in zip(times, times[10:], strict=False))
+            spans = [b - a for a, b in zip(times, times[10:], strict=False)]
+            assert all(span >= 1.0 - ARRIVAL_JITTER_SEC for span in spans), min(spans)
             final = (
                 await http.get(f"/v1/renders/{job_id}/progress", headers=bearer(user_token))
             ).json()
@@ -122,6 +128,8 @@ async def test_watch_exits_nonzero_on_cancel_and_shutdown_closes_1001_promptly(
     config: Config, tmp_path: Path
 ) -> None:
     config = fast_farm(config)
+    # A graceful timeout well above the bound below, so a close that waited for it would fail.
+    config = attrs.evolve(config, http=attrs.evolve(config.http, grace_sec=2 * SHUTDOWN_CLOSE_SEC))
     service, user, user_token = people(config)
     daemon = Daemon(config)
     async with trio.open_nursery() as nursery:
@@ -170,7 +178,9 @@ async def test_watch_exits_nonzero_on_cancel_and_shutdown_closes_1001_promptly(
                 asked = trio.current_time()
                 daemon.stop()
         assert closed["code"] == 1001
-        assert closed["at"] - asked < 1.0  # not Hypercorn's 2 s grace, then a 1006
+        # Without the hub's 1001 the close would wait for Hypercorn's graceful timeout (then a
+        # 1006): well under it, with room for a loaded machine.
+        assert closed["at"] - asked < SHUTDOWN_CLOSE_SEC
 
 
 def test_the_daemon_asks_hypercorn_for_keepalive_pings(config: Config) -> None:

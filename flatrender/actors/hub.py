@@ -204,7 +204,9 @@ class ProgressHub:
         if topic.built[1].terminal:
             sub._close(CloseReason.FINISHED)
             if not topic.owned:
-                del self._topics[job_id]
+                # No actor will flush it: subscribers a newer seed carried over get the
+                # final message and their close now, as a flush would give them.
+                self._finish(job_id, topic)
             return sub
         topic.subscribers.add(sub)
         self._stats.subscribers += 1
@@ -302,13 +304,23 @@ class ProgressHub:
             if sub._sent != revision:  # a snapshot may have carried it already
                 self._deliver(sub, topic.text, revision, topic)
         if progress.terminal:
-            for sub in topic.subscribers:
-                sub._close(CloseReason.FINISHED)
-            self._stats.subscribers -= len(topic.subscribers)
-            del self._topics[job_id]
-            self._finished[job_id] = (topic.latest.revision, progress, topic.text)
-            if len(self._finished) > FINISHED_KEPT:
-                self._finished.popitem(last=False)
+            self._finish(job_id, topic)
+
+    def _finish(self, job_id: UUID, topic: _Topic) -> None:
+        """A terminal topic: its subscribers get the final message (unless they had it) and
+        close FINISHED; the topic retires and is remembered for late subscribers."""
+        assert topic.built is not None
+        revision, progress = topic.built
+        for sub in topic.subscribers:
+            if sub._sent != revision:
+                self._deliver(sub, topic.text, revision)
+            sub._close(CloseReason.FINISHED)
+        self._stats.subscribers -= len(topic.subscribers)
+        topic.subscribers = set()
+        del self._topics[job_id]
+        self._finished[job_id] = (revision, progress, topic.text)
+        if len(self._finished) > FINISHED_KEPT:
+            self._finished.popitem(last=False)
 
     def _flush_nodes(self, now: float) -> None:
         changes, self._node_changes = self._node_changes, {}

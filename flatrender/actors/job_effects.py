@@ -119,6 +119,8 @@ class JobEffects:
 
     def _publish(self) -> None:
         """Live progress (WebSocket and ``GET .../progress``) follows every committed state."""
+        if self.state.snapshot:
+            return  # served by neither: it would only evict render jobs from the hub's memory
         self.deps.progress(
             ProgressInputs(self.state, self.revision, self.preview_b64, self.cancel_reason)
         )

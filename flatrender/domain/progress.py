@@ -3,6 +3,9 @@
 Pure: both paths hand it the same inputs (the job's state, its preview and message, and the
 observed frame rate), the job actor's in-memory state for a live job and the state loaded from
 PostgreSQL for a finished one, so the poll and the push cannot disagree about the same state.
+Everything the builder reads is a :class:`ProgressFacts` (a few numbers per current range):
+:func:`facts` takes them from a whole JobState, and a finished job's are read straight from
+PostgreSQL without loading every frame report (``persistence.progress``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from uuid import UUID
 
 import attrs
 
-from flatrender.domain.job_state import JobState, JobStep, RangeStatus
+from flatrender.domain.job_state import TERMINAL_STEPS, JobState, JobStep, RangeStatus
 
 # The observed frame rate is taken over this much recent time.
 RATE_WINDOW_SEC = 30.0
@@ -67,19 +70,72 @@ class RenderProgress:
         return self.step in ("Completed", "Failed", "Cancelled")
 
 
+@attrs.frozen
+class RangeFacts:
+    """What the builder needs of one current (not Failed) range."""
+
+    status: RangeStatus
+    frame_count: int
+    reported: int  # distinct frames reported
+    last_reported: int | None  # the highest frame reported
+    node_id: UUID | None
+
+
+@attrs.frozen
+class ProgressFacts:
+    """Everything a RenderProgress is built from, but the frame rate."""
+
+    job_id: UUID
+    step: JobStep
+    total_frames: int
+    ranges: tuple[RangeFacts, ...]  # the current ranges
+    preview_b64: str | None
+    message: str | None  # the cancel reason, else the failure message
+
+    @property
+    def terminal(self) -> bool:
+        return self.step in TERMINAL_STEPS
+
+
+def facts(inputs: ProgressInputs) -> ProgressFacts:
+    state = inputs.state
+    return ProgressFacts(
+        job_id=state.job_id,
+        step=state.step,
+        total_frames=state.total_frames,
+        ranges=tuple(
+            RangeFacts(
+                status=r.status,
+                frame_count=r.frame_count,
+                reported=len(r.reported_frames),
+                last_reported=max(r.reported_frames) if r.reported_frames else None,
+                node_id=r.node_id,
+            )
+            for r in state.current_ranges
+        ),
+        preview_b64=inputs.preview_b64,
+        message=inputs.message or state.failed_message,
+    )
+
+
+def _frames_done(ranges: tuple[RangeFacts, ...]) -> int:
+    return sum(r.frame_count if r.status is RangeStatus.VALIDATED else r.reported for r in ranges)
+
+
+def _percent(step: JobStep, done: int, total_frames: int) -> int:
+    if step is JobStep.COMPLETED:
+        return 100
+    return min(99, done * 100 // max(total_frames, 1))
+
+
 def frames_done(state: JobState) -> int:
     """Frames reported by the current ranges (a validated range counts whole)."""
-    return sum(
-        r.frame_count if r.status is RangeStatus.VALIDATED else len(r.reported_frames)
-        for r in state.current_ranges
-    )
+    return _frames_done(facts(ProgressInputs(state, 0)).ranges)
 
 
 def percent(state: JobState) -> int:
     """Percent done: 100 only once Completed (merging still has work to do)."""
-    if state.step is JobStep.COMPLETED:
-        return 100
-    return min(99, frames_done(state) * 100 // max(state.total_frames, 1))
+    return _percent(state.step, frames_done(state), state.total_frames)
 
 
 def frames_reported(state: JobState) -> int:
@@ -88,34 +144,38 @@ def frames_reported(state: JobState) -> int:
 
 
 def build(inputs: ProgressInputs, frames_per_sec: float | None) -> RenderProgress:
-    state = inputs.state
-    frames = [max(r.reported_frames) for r in state.current_ranges if r.reported_frames]
+    return build_from(facts(inputs), frames_per_sec)
+
+
+def build_from(f: ProgressFacts, frames_per_sec: float | None) -> RenderProgress:
+    """The one builder: a live job's facts (from its state) and a finished one's (from storage)."""
+    done = _frames_done(f.ranges)
+    frames = [r.last_reported for r in f.ranges if r.last_reported is not None]
     eta = None
-    if not state.terminal and frames_per_sec is not None and frames_per_sec > 0:
-        left = max(state.total_frames - frames_done(state), 0)
-        eta = math.ceil(left / frames_per_sec)
+    if not f.terminal and frames_per_sec is not None and frames_per_sec > 0:
+        eta = math.ceil(max(f.total_frames - done, 0) / frames_per_sec)
     active = (
         0
-        if state.terminal
+        if f.terminal
         else len(
             {
                 r.node_id
-                for r in state.current_ranges
+                for r in f.ranges
                 if r.node_id is not None
                 and r.status in (RangeStatus.ASSIGNED, RangeStatus.RENDERING)
             }
         )
     )
     return RenderProgress(
-        job_id=state.job_id,
-        step=state.step.value,
-        progress=percent(state),
+        job_id=f.job_id,
+        step=f.step.value,
+        progress=_percent(f.step, done, f.total_frames),
         current_frame=max(frames) if frames else None,
-        total_frames=state.total_frames,
+        total_frames=f.total_frames,
         eta_seconds=eta,
-        preview_b64=inputs.preview_b64,
+        preview_b64=f.preview_b64,
         active_nodes=active,
-        message=inputs.message or state.failed_message,
+        message=f.message,
     )
 
 

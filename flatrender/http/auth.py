@@ -29,6 +29,7 @@ class Role(enum.Enum):
 class Principal:
     role: Role
     user_id: UUID | None  # None for a service
+    exp: float | None = None  # a user token's expiry (Unix time); None for a service token
 
     @property
     def is_admin(self) -> bool:
@@ -82,7 +83,7 @@ def _decode_user(token: str, secret: str) -> Principal:
     role_name = claims.get("role", "user")
     if role_name not in ("user", "admin"):
         raise unauthorized("the token's role is unknown")
-    return Principal(Role(role_name), user_id)
+    return Principal(Role(role_name), user_id, float(claims["exp"]))
 
 
 def mint_token(secret: str, user_id: UUID, role: str = "user", ttl_sec: int = 3600) -> str:

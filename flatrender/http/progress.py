@@ -12,7 +12,7 @@ from uuid import UUID
 import trio
 
 from flatrender.actors.hub import ProgressHub
-from flatrender.domain.progress import RenderProgress, build, frames_reported, seeded_rate
+from flatrender.domain.progress import RenderProgress
 from flatrender.http.common import state
 from flatrender.persistence import progress as stored
 
@@ -30,9 +30,4 @@ async def current_progress(job_id: UUID) -> RenderProgress | None:
         if progress is not None:
             return progress
     loaded = await stored.load(state().db, job_id)
-    if loaded is None:
-        return None
-    _, inputs, recent = loaded
-    now = trio.current_time()
-    rate = seeded_rate(now, frames_reported(inputs.state), recent)
-    return build(inputs, rate.per_sec(now))
+    return None if loaded is None else loaded.progress(trio.current_time())

@@ -15,13 +15,14 @@ status, then batches of status changes, for tooling that follows the fleet.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import trio
 from quart import Blueprint, websocket
 
 from flatrender.actors.hub import CloseReason, ProgressHub, Subscription
-from flatrender.domain.progress import build, frames_reported, seeded_rate
 from flatrender.http.auth import Principal, authenticate, authenticate_token
 from flatrender.http.common import state
 from flatrender.http.errors import ApiError
@@ -37,6 +38,11 @@ UNAUTHORIZED = 4401
 FORBIDDEN = 4403
 NOT_FOUND = 4404
 RETRY_LATER = 1013
+POLICY_VIOLATION = 1008
+
+# Frames a client may send (they are discarded): a burst of this many, refilled this fast.
+CLIENT_BURST = 20
+CLIENT_FRAMES_PER_SEC = 5.0
 
 REASONS = {
     CloseReason.FINISHED: "the job is finished",
@@ -49,20 +55,85 @@ REASONS = {
 SEND_TIMEOUT_SEC = 30.0
 
 
-@bp.websocket("/ws/v1/render/<job_id>")
-async def watch_render(job_id: str) -> None:
+class FloodGate:
+    """A token bucket over the client's frames: ``allow`` is False once it sends too many."""
+
+    def __init__(self, burst: int = CLIENT_BURST, per_sec: float = CLIENT_FRAMES_PER_SEC) -> None:
+        self.burst, self.per_sec = burst, per_sec
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_sec)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+Stream = Callable[[Principal], Awaitable[tuple[int, str]]]
+
+
+async def _serve(stream: Stream) -> None:
+    """Accept, authenticate, then run ``stream`` while reading the client's frames; close."""
     await websocket.accept()
-    code, reason = await _watch(job_id)
+    try:
+        principal = _principal()
+    except ApiError as e:
+        code, reason = UNAUTHORIZED, e.message
+    else:
+        code, reason = await _while_listening(stream, principal)
     # Bounded too: a stuck peer would hold the close frame (and this task) forever.
     with trio.move_on_after(SEND_TIMEOUT_SEC):
         await websocket.close(code, reason)
 
 
-async def _watch(job_text: str) -> tuple[int, str]:
-    try:
-        principal = _principal()
-    except ApiError as e:
-        return UNAUTHORIZED, e.message
+async def _while_listening(stream: Stream, principal: Principal) -> tuple[int, str]:
+    """``stream``'s close code, unless the client floods us or the token expires first.
+
+    When the client goes away, Quart-Trio cancels this handler: the reader keeps the frames
+    (and so the disconnect event) flowing for that to happen.
+    """
+    outcome: tuple[int, str] = (1011, "internal error")
+    async with trio.open_nursery() as nursery:
+
+        async def run_stream() -> None:
+            nonlocal outcome
+            outcome = await stream(principal)
+            nursery.cancel_scope.cancel()
+
+        async def read_client() -> None:
+            nonlocal outcome
+            gate = FloodGate()
+            while True:
+                await websocket.receive()  # discarded: the protocol has no client messages
+                if not gate.allow(trio.current_time()):
+                    outcome = POLICY_VIOLATION, "too many messages from the client"
+                    nursery.cancel_scope.cancel()
+                    return
+
+        async def expire() -> None:
+            nonlocal outcome
+            assert principal.exp is not None
+            await trio.sleep(max(principal.exp - time.time(), 0.0))
+            outcome = UNAUTHORIZED, "the token has expired"
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(run_stream)
+        nursery.start_soon(read_client)
+        if principal.exp is not None:
+            nursery.start_soon(expire)
+    return outcome
+
+
+@bp.websocket("/ws/v1/render/<job_id>")
+async def watch_render(job_id: str) -> None:
+    await _serve(lambda principal: _watch(job_id, principal))
+
+
+async def _watch(job_text: str, principal: Principal) -> tuple[int, str]:
     try:
         job_id = UUID(job_text)
     except ValueError:
@@ -79,16 +150,15 @@ async def _watch(job_text: str) -> tuple[int, str]:
         loaded = await stored.load(state().db, job_id)
         if loaded is None:
             return NOT_FOUND, "no such render job"
-        _, inputs, recent = loaded
         now = trio.current_time()
-        rate = seeded_rate(now, frames_reported(inputs.state), recent)
-        if live is None:  # no actors (a read-only app): one snapshot, and come back later
-            progress = build(inputs, rate.per_sec(now))
+        if live is None or loaded.seed is None:
+            # A finished job (or no actors: a read-only app): one message, then close.
+            progress = loaded.progress(now)
             await websocket.send(progress.encode())
             if progress.terminal:
                 return CloseReason.FINISHED.value, REASONS[CloseReason.FINISHED]
             return RETRY_LATER, "live progress is not available yet"
-        subscription = live.subscribe(job_id, inputs, rate)
+        subscription = live.subscribe(job_id, loaded.seed, loaded.rate(now))
     assert live is not None and subscription is not None  # a seeded subscribe subscribes
     return await _forward(live, subscription)
 
@@ -96,17 +166,10 @@ async def _watch(job_text: str) -> tuple[int, str]:
 @bp.websocket("/ws/v1/nodes")
 async def watch_nodes() -> None:
     """Admin topic: every node's status, then batches of changes (at most 10 a second)."""
-    await websocket.accept()
-    code, reason = await _watch_nodes()
-    with trio.move_on_after(SEND_TIMEOUT_SEC):
-        await websocket.close(code, reason)
+    await _serve(_watch_nodes)
 
 
-async def _watch_nodes() -> tuple[int, str]:
-    try:
-        principal = _principal()
-    except ApiError as e:
-        return UNAUTHORIZED, e.message
+async def _watch_nodes(principal: Principal) -> tuple[int, str]:
     if not principal.is_admin:
         return FORBIDDEN, "node status is for administrators"
     live = hub()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from uuid import uuid4
 
 import attrs
@@ -218,3 +219,28 @@ async def test_node_changes_reach_admins_in_batches_latest_status_per_node(
     ]
     hub.unsubscribe(admin)
     assert hub.statistics().subscribers == 0
+
+
+async def test_subscribers_a_finished_seed_carries_over_get_the_final_message_and_close(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """No actor publishes (its job ended before the hub heard of it): a second subscriber's
+    newer, terminal seed replaces the first one's topic, and the first must not hang."""
+    hub = await nursery.start(ProgressHub().run)
+    first = sub_(hub, inputs(5, 1))
+    second = sub_(hub, inputs(7, 2, step=JobStep.COMPLETED))
+    assert [m["step"] for m in drain(second)] == ["Completed"]
+    assert second.reason is CloseReason.FINISHED
+    with trio.fail_after(1):
+        assert [m["step"] async for m in _decoded(first)] == ["Rendering", "Completed"]
+    assert first.reason is CloseReason.FINISHED
+    stats = hub.statistics()
+    assert (stats.topics, stats.subscribers) == (0, 0)
+    # A later subscriber gets the final message from memory.
+    third = hub.subscribe(JOB)
+    assert third is not None and [m["step"] for m in drain(third)] == ["Completed"]
+
+
+async def _decoded(sub: Subscription) -> AsyncIterator[dict[str, object]]:
+    async for text in sub.messages:
+        yield json.loads(text)

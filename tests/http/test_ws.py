@@ -4,6 +4,7 @@ snapshot on connect, coalescing, the final message and close 1000 (DESIGN §5)."
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -11,9 +12,11 @@ import pytest
 import trio
 from quart.testing.connections import WebsocketDisconnectError
 
-from flatrender.actors.hub import CloseReason
+from flatrender.actors.hub import ProgressHub
 from flatrender.domain.job_state import JobState, JobStep
 from flatrender.domain.progress import ProgressInputs
+from flatrender.http import ws as ws_module
+from flatrender.http.auth import authenticate_token, mint_token
 from flatrender.http.common import AppState
 from flatrender.persistence import ledger
 from flatrender.persistence.db import Database
@@ -131,7 +134,22 @@ async def test_a_burst_of_changes_reaches_a_watcher_coalesced_latest_last(
 @pytest.mark.parametrize("path", ["/ws/v1/render/{job_id}"])
 async def test_the_route_is_in_the_served_openapi_document(client: Any, path: str) -> None:
     doc = await (await client.get("/v1/openapi.json")).get_json()
-    assert set(doc["x-websockets"][path]["close_codes"]) >= {"1000", "1001", "1013", "4401"}
+    assert set(doc["x-websockets"][path]["close_codes"]) >= {"1000", "1001", "1008", "1013", "4401"}
+
+
+async def overflow(hub: ProgressHub, job_id: UUID) -> None:
+    """Publish changes, each flushed, to a watcher that reads nothing, until the hub drops it:
+    the test client's queue fills, the handler's send blocks, then the subscription's channel
+    fills and the hub's ``send_nowait`` finds it full."""
+    hub.interval = 0.0  # a flush per change, so filling the channel takes no wall-clock time
+    state = JobState(job_id=job_id, start_frame=0, end_frame=299, step=JobStep.RENDERING)
+    for n in range(10 * hub.buffer):
+        hub.publish(ProgressInputs(state, 1000 + n, preview_b64=f"p{n}"))
+        await trio.sleep(0.005)  # the hub's task flushes it
+        if hub.statistics().dropped:
+            break
+    assert hub.statistics().dropped == 1
+    assert hub.statistics().subscribers == 0
 
 
 @pytest.mark.parametrize(
@@ -148,8 +166,7 @@ async def test_the_hub_closing_a_subscriber_closes_its_socket_with_that_code(
         async with client.websocket(f"/ws/v1/render/{job_id}", headers=bearer(tokens.user)) as ws:
             await ws.receive()
             if close == "too_slow":
-                [subscriber] = hub._topics[UUID(job_id)].subscribers
-                subscriber._close(CloseReason.TOO_SLOW)  # what the hub does when it is full
+                await overflow(hub, UUID(job_id))
             else:
                 hub.close_all()
             with pytest.raises(WebsocketDisconnectError) as closed:
@@ -183,3 +200,71 @@ async def test_the_nodes_topic_is_for_admins_with_a_snapshot_then_changes(
             change = json.loads(await ws.receive())
     assert change["type"] == "changes"
     assert {"id": node_id, "status": "Idle"} in change["nodes"]
+
+
+async def test_a_client_that_sends_frames_then_leaves_is_let_go(
+    client: Any, db: Database, tokens: Tokens, app_state: AppState
+) -> None:
+    """Unread client frames used to fill Quart-Trio's 10-slot queue: the disconnect behind them
+    was never seen, the handler never cancelled and the subscription stayed pinned."""
+    job_id = await a_job(client, db, tokens)
+    assert app_state.actors is not None
+    hub = app_state.actors.hub
+    with trio.fail_after(10):
+        async with client.websocket(f"/ws/v1/render/{job_id}", headers=bearer(tokens.user)) as ws:
+            await ws.receive()
+            assert hub.statistics().subscribers == 1
+            for n in range(15):  # under the flood limit, over the framework's queue
+                await ws.send(f"hello {n}")
+        # Leaving the block sends the disconnect and waits for the handler to end.
+    assert hub.statistics().subscribers == 0
+
+
+async def test_a_client_flooding_frames_is_closed_1008(
+    client: Any, db: Database, tokens: Tokens, app_state: AppState
+) -> None:
+    job_id = await a_job(client, db, tokens)
+    assert app_state.actors is not None
+    hub = app_state.actors.hub
+    with trio.fail_after(10):
+        async with client.websocket(f"/ws/v1/render/{job_id}", headers=bearer(tokens.user)) as ws:
+            await ws.receive()
+            for n in range(ws_module.CLIENT_BURST + 5):
+                await ws.send(f"spam {n}")
+            with pytest.raises(WebsocketDisconnectError) as closed:
+                while True:
+                    await ws.receive()
+    assert closed.value.args[0] == 1008
+    assert hub.statistics().subscribers == 0
+
+
+def test_the_flood_gate_allows_a_burst_then_the_refill_rate() -> None:
+    gate = ws_module.FloodGate(burst=3, per_sec=2.0)
+    assert [gate.allow(0.0) for _ in range(4)] == [True, True, True, False]
+    assert gate.allow(0.5)  # one frame refilled in half a second
+    assert not gate.allow(0.5)
+    assert [gate.allow(100.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
+
+
+async def test_an_expired_token_ends_the_stream_with_4401(
+    client: Any, db: Database, tokens: Tokens, app_state: AppState
+) -> None:
+    job_id = await a_job(client, db, tokens)
+    short = mint_token(tokens.secret, tokens.user_id, ttl_sec=1)
+    with trio.fail_after(10):
+        async with client.websocket(f"/ws/v1/render/{job_id}", headers=bearer(short)) as ws:
+            assert json.loads(await ws.receive())["job_id"] == job_id
+            with pytest.raises(WebsocketDisconnectError) as closed:
+                while True:
+                    await ws.receive()
+    assert closed.value.args[0] == 4401
+    assert app_state.actors is not None
+    assert app_state.actors.hub.statistics().subscribers == 0
+
+
+def test_a_user_principal_keeps_the_tokens_expiry_and_a_service_has_none(
+    config: Any, tokens: Tokens
+) -> None:
+    user = authenticate_token(tokens.user, config.auth)
+    assert user.exp is not None and user.exp > time.time()
+    assert authenticate_token(tokens.service, config.auth).exp is None
