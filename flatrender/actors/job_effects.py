@@ -9,7 +9,7 @@ Validation and merging run as background tasks of the actor and come back as mes
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -80,20 +80,26 @@ class JobEffects:
         decision: js.Decision,
         *,
         also: Callable[[Connection], Awaitable[None]] | None = None,
-        report: tuple[UUID, int, UUID, int | None, datetime | None] | None = None,
+        reports: Sequence[job_state.FrameReport] = (),
     ) -> None:
         """Commit the decision whole, then perform the effects that are messages."""
         old, new = self.state, decision.state
-        if old != new or decision.effects or also is not None or report is not None:
+        if old != new or decision.effects or also is not None or reports:
             now = self.deps.clock()
-            async with self.deps.db.transaction() as conn:
+            revision = self.revision
+
+            async def write(conn: Connection) -> int:
+                # Runs on the asyncio side in one bridge crossing: database calls only.
                 if also is not None:
                     await also(conn)
-                self.revision = await job_state.save(
-                    conn, self.revision, old, new, self.row.output_format, now, report
+                saved = await job_state.save(
+                    conn, revision, old, new, self.row.output_format, now, reports
                 )
                 for effect in decision.effects:
                     await self._in_transaction(conn, effect)
+                return saved
+
+            self.revision = await self.deps.db.atomic(write)
         self.state = new
         for effect in decision.effects:
             await self._perform(effect, old)

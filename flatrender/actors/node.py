@@ -298,12 +298,16 @@ class NodeActor:
 
     async def _record_crash(self, report: nodes.CrashReport, action: CrashAction) -> CrashOutcome:
         decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
-        async with self.deps.db.transaction() as conn:
+
+        async def write(conn: Connection) -> tuple[nodes.CrashRow | None, nodes.CrashRow | None]:
             row = await nodes.record_crash(conn, uuid4(), report, action.value)
             if row is not None:
                 await nodes.save_state(conn, self.node_id, decision.state)
+                return row, None
+            return None, await nodes.find_crash(conn, report)
+
+        row, existing = await self.deps.db.atomic(write)
         if row is None:
-            existing = await nodes.find_crash(self.deps.db, report)
             assert existing is not None
             return CrashOutcome(existing, counted=False)
         self._set_state(decision.state, "crash reported")
@@ -354,10 +358,14 @@ class NodeActor:
                 and _persisted(decision.state) != _persisted(self.state)
             )
         ):
-            async with self.deps.db.transaction() as conn:
+
+            async def write(conn: Connection) -> None:
+                # On the asyncio side, one bridge crossing: database calls only.
                 if also is not None:
                     await also(conn)
                 await nodes.save_state(conn, self.node_id, decision.state)
+
+            await self.deps.db.atomic(write)
         self._set_state(decision.state, type(event).__name__)
         for effect in decision.effects:
             await self._perform(effect)

@@ -8,6 +8,7 @@ decision is committed whole or not at all (DESIGN §2.1).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -108,6 +109,10 @@ VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
 """
 
 
+# A frame report row: (frame_job_id, frame_number, node_id, file_size_bytes, completed_at).
+FrameReport = tuple[UUID, int, UUID, int | None, datetime | None]
+
+
 def output_key(job_id: UUID, range_id: UUID, output_format: str) -> str:
     return f"renders/{job_id}/{range_id}.{output_format}"
 
@@ -130,7 +135,7 @@ async def save(
     new: js.JobState,
     output_format: str,
     now: datetime,
-    report: tuple[UUID, int, UUID, int | None, datetime | None] | None = None,
+    reports: Sequence[FrameReport] = (),
 ) -> int:
     """Write what changed from ``old`` to ``new``; returns the job row's new revision."""
     new_revision = await conn.fetchval(
@@ -171,6 +176,6 @@ async def save(
             None if r.trim is None else r.trim.original_end,
             None if r.trim is None else r.trim.tail_id,
         )
-    if report is not None:
-        await conn.execute(INSERT_REPORT, *report)
+    if reports:
+        await conn.executemany(INSERT_REPORT, reports)
     return int(new_revision)
