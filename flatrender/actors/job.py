@@ -22,6 +22,7 @@ from flatrender.actors import node
 from flatrender.actors.job_effects import JobDeps as JobDeps
 from flatrender.actors.job_effects import JobEffects
 from flatrender.actors.job_messages import AssignRange as AssignRange
+from flatrender.actors.job_messages import AssignRanges as AssignRanges
 from flatrender.actors.job_messages import AssignReplica as AssignReplica
 from flatrender.actors.job_messages import Cancel as Cancel
 from flatrender.actors.job_messages import CrashAnswer as CrashAnswer
@@ -48,6 +49,8 @@ from flatrender.persistence.db import Connection
 log = logging.getLogger("flatrender.job")
 
 INBOX_SIZE = 256
+# Frame reports waiting in the inbox together are committed in one transaction, up to this many.
+REPORTS_PER_COMMIT = 64
 
 
 class JobActor(JobEffects):
@@ -125,9 +128,15 @@ class JobActor(JobEffects):
     # ------------------------------------------------------------------ the loop
 
     async def _serve(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        held: Message | None = None  # taken from the inbox while gathering reports: next
         try:
             while not self.state.terminal:
-                message = await inbox.receive()
+                message = held if held is not None else await inbox.receive()
+                held = None
+                if isinstance(message, ReportFrame):
+                    reports, held = _gather_reports(message, inbox)
+                    await self._serve_reports(reports)
+                    continue
                 try:
                     await self._dispatch(message)
                 except BaseException:
@@ -139,45 +148,65 @@ class JobActor(JobEffects):
             # Messages that queued behind the last one would otherwise be dropped unanswered
             # and their callers wait out their timeout. No checkpoint between the last look and
             # the close: a later sender finds the inbox closed at once.
+            if held is not None:
+                self._answer_unserved(held)
             self._answer_waiting(inbox)
             inbox.close()
         log.info("job %s is %s", self.state.job_id, self.state.step.value)
 
+    async def _serve_reports(self, reports: list[ReportFrame]) -> None:
+        """Frame reports waiting together are committed together; each is answered after."""
+        try:
+            accepted = await self._report_frames(reports)
+        except BaseException:
+            for message in reports:
+                fail(message.reply)
+            raise
+        for message, ok in zip(reports, accepted, strict=True):
+            answer(message.reply, ok)
+
     def _answer_waiting(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
-        """Answer what waits in the inbox without I/O: a terminal job refuses node reports and
-        work (409 ``stale_assignment``, an offer declined); anything else (a cancel, or every
-        message when the actor is crashing) fails, so the caller looks at the committed state."""
         while True:
             try:
                 message = inbox.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
-            reply = message.reply
-            if reply is None:
-                continue  # a background result (validation, merge): moot now
-            if not self.state.terminal:
+            self._answer_unserved(message)
+
+    def _answer_unserved(self, message: Message) -> None:
+        """Answer a message left unserved, without I/O: a terminal job refuses node reports and
+        work (409 ``stale_assignment``, an offer declined); anything else (a cancel, or every
+        message when the actor is crashing) fails, so the caller looks at the committed state."""
+        reply = message.reply
+        if reply is None:
+            return  # a background result (validation, merge): moot now
+        if not self.state.terminal:
+            fail(reply)
+            return
+        match message:
+            case AssignRange() | AssignReplica() | ReportFrame() | ReplicaReady():
+                answer(reply, False)
+            case AssignRanges():
+                answer(reply, frozenset())
+            case OfferTail():
+                answer(reply, False)
+            case CrashReported() | NodeGone():
+                answer(reply, None)
+            case Inspect():
+                answer(reply, self.state)
+            case _:
                 fail(reply)
-                continue
-            match message:
-                case AssignRange() | AssignReplica() | ReportFrame() | ReplicaReady():
-                    answer(reply, False)
-                case OfferTail():
-                    answer(reply, False)
-                case CrashReported() | NodeGone():
-                    answer(reply, None)
-                case Inspect():
-                    answer(reply, self.state)
-                case _:
-                    fail(reply)
 
     async def _dispatch(self, message: Message) -> None:
         match message:
             case AssignRange(range_id=range_id, node_id=node_id):
                 answer(message.reply, await self._assign_range(range_id, node_id))
+            case AssignRanges(pairs=pairs):
+                answer(message.reply, await self._assign_ranges(pairs))
             case AssignReplica(node_id=node_id):
                 answer(message.reply, await self._assign_replica(node_id))
             case ReportFrame():
-                answer(message.reply, await self._report_frame(message))
+                answer(message.reply, (await self._report_frames([message]))[0])
             case ReplicaReady():
                 answer(message.reply, await self._replica_ready(message))
             case CrashReported(report=report):
@@ -215,6 +244,41 @@ class JobActor(JobEffects):
         await self._commit(decision)
         return True
 
+    async def _assign_ranges(self, pairs: tuple[tuple[UUID, UUID], ...]) -> frozenset[UUID]:
+        """Offer each range to its node, all at once; commit the ranges taken in one decision.
+
+        As for one range, each node's actor commits its command before this job commits the
+        assignment, so a node holds a command for a range this job does not record only across
+        a crash between the two commits (its report is then fenced, DESIGN §4).
+        """
+        policy = self._policy()
+        offers: list[tuple[UUID, UUID, dict[str, object]]] = []
+        for range_id, node_id in dict(pairs).items():  # a range offered twice: its last node
+            event = js.RangeAssigned(range_id, node_id)
+            if js.decide(self.state, event, policy).outcome is not js.Outcome.APPLIED:
+                continue
+            r = self.state.range(range_id)
+            assert r is not None
+            offers.append((range_id, node_id, await self._render_payload(r)))
+        took: set[UUID] = set()
+
+        async def offer(range_id: UUID, node_id: UUID, payload: dict[str, object]) -> None:
+            if await self._give_node(node_id, range_id, CommandType.RENDER_FRAMES, payload):
+                took.add(range_id)
+
+        async with trio.open_nursery() as nursery:
+            for range_id, node_id, payload in offers:
+                nursery.start_soon(offer, range_id, node_id, payload)
+        state, effects = self.state, list[js.Effect]()
+        for range_id, node_id, _ in offers:
+            if range_id in took:
+                decision = js.decide(state, js.RangeAssigned(range_id, node_id), policy)
+                state = decision.state
+                effects.extend(decision.effects)
+        if took:
+            await self._commit(js.Decision(state, tuple(effects)))
+        return frozenset(took)
+
     async def _assign_replica(self, node_id: UUID) -> bool:
         decision = js.decide(self.state, js.ReplicaBuilderAssigned(node_id), self._policy())
         if decision.outcome is not js.Outcome.APPLIED:
@@ -227,21 +291,35 @@ class JobActor(JobEffects):
         await self._commit(decision)
         return True
 
-    async def _report_frame(self, message: ReportFrame) -> bool:
-        event = js.FrameReported(message.range_id, message.node_id, message.frame)
-        decision = js.decide(self.state, event, self._policy())
-        if decision.outcome is js.Outcome.UNCHANGED:
-            return True  # a repeated report: already recorded
-        self._first_frame_at.setdefault(message.range_id, trio.current_time())
-        report = (
-            message.range_id,
-            message.frame,
-            message.node_id,
-            message.file_size_bytes,
-            message.completed_at,
-        )
-        await self._commit(decision, report=report if not decision.fenced else None)
-        return not decision.fenced
+    async def _report_frames(self, reports: list[ReportFrame]) -> list[bool]:
+        """Decide each report in turn and commit them all at once; for each, False when it is
+        fenced (409 ``stale_assignment``). A repeated report is accepted and writes nothing."""
+        policy = self._policy()
+        state, effects = self.state, list[js.Effect]()
+        rows: list[job_state.FrameReport] = []
+        accepted: list[bool] = []
+        for message in reports:
+            event = js.FrameReported(message.range_id, message.node_id, message.frame)
+            decision = js.decide(state, event, policy)
+            if decision.outcome is js.Outcome.UNCHANGED:
+                accepted.append(True)  # a repeated report: already recorded
+                continue
+            self._first_frame_at.setdefault(message.range_id, trio.current_time())
+            state = decision.state
+            effects.extend(decision.effects)
+            accepted.append(not decision.fenced)
+            if not decision.fenced:
+                rows.append(
+                    (
+                        message.range_id,
+                        message.frame,
+                        message.node_id,
+                        message.file_size_bytes,
+                        message.completed_at,
+                    )
+                )
+        await self._commit(js.Decision(state, tuple(effects)), reports=rows)
+        return accepted
 
     async def _replica_ready(self, message: ReplicaReady) -> bool:
         if (
@@ -378,3 +456,20 @@ def _refunded(decision: js.Decision) -> int:
         for e in decision.effects
         if isinstance(e, js.RefundFull | js.RefundCancelShare)
     )
+
+
+def _gather_reports(
+    first: ReportFrame, inbox: trio.MemoryReceiveChannel[Message]
+) -> tuple[list[ReportFrame], Message | None]:
+    """``first`` and the frame reports right behind it in the inbox (no checkpoint); the first
+    other message met is handed back, to be served next, so the order of the rest holds."""
+    reports = [first]
+    while len(reports) < REPORTS_PER_COMMIT:
+        try:
+            message = inbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return reports, None
+        if not isinstance(message, ReportFrame):
+            return reports, message
+        reports.append(message)
+    return reports, None
