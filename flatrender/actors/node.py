@@ -68,8 +68,9 @@ class NodeDeps:
     on_lost: Callable[[UUID, str], Awaitable[None]]
     # Called with work the node evidently dropped (alive, idle, its command long delivered).
     on_dropped: Callable[[UUID, list[UUID]], Awaitable[None]] = lambda node, work: _nothing()
-    # The scheduler: whether work waits for nodes, and a nudge when a node becomes Idle.
-    work_waiting: Callable[[], bool] = lambda: False
+    # The scheduler: whether work waits that this node may take, and a nudge when a node
+    # becomes Idle.
+    work_waiting: Callable[[UUID], bool] = lambda node_id: False
     fleet_size: Callable[[], int] = lambda: 1
     node_idle: Callable[[], None] = lambda: None
 
@@ -90,6 +91,8 @@ class NodeActor:
     _idle_beats: dict[UUID, int] = attrs.Factory(dict)
     last_sample: HealthSample | None = None
     deadline: float = math.inf
+    # When (trio time) the node was last handed work: it heartbeats sooner for a while after.
+    handed_at: float | None = None
 
     @classmethod
     async def run(
@@ -209,8 +212,11 @@ class NodeActor:
             sample = attrs.evolve(sample, status=status)
         self.last_sample = sample
         self.deps.samples.submit(self.last_sample)
-        waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting()
-        interval = ns.heartbeat_interval(self.state, waiting, policy, self.deps.fleet_size())
+        waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting(self.node_id)
+        handed = None if self.handed_at is None else trio.current_time() - self.handed_at
+        interval = ns.heartbeat_interval(
+            self.state, waiting, policy, self.deps.fleet_size(), handed_work_sec_ago=handed
+        )
         self.deadline = trio.current_time() + ns.heartbeat_deadline(policy, interval)
         if dropped:
             log.warning(
@@ -274,6 +280,7 @@ class NodeActor:
         await self._apply(ns.WorkAssigned(busy=True), write)
         self.assigned.add(message.work_id)
         self.commands.append(command)
+        self.handed_at = trio.current_time()
         return command
 
     async def _unassign(self, work_id: UUID, succeeded: bool) -> None:

@@ -250,12 +250,26 @@ def _admin_patch(state: NodeState, patch: AdminPatch, policy: NodePolicy) -> Dec
 
 
 def heartbeat_interval(
-    state: NodeState, work_waiting: bool, policy: NodePolicy, fleet_size: int = 1
+    state: NodeState,
+    work_waiting: bool,
+    policy: NodePolicy,
+    fleet_size: int = 1,
+    *,
+    handed_work_sec_ago: float | None = None,
 ) -> int:
-    """Seconds until the node's next heartbeat: shorter while work waits for it, longer when
-    the whole fleet at the normal interval would exceed ``max_heartbeats_per_sec`` (load is
-    shed by asking nodes to call less often, never by letting them time out)."""
-    if work_waiting:
+    """Seconds until this node's next heartbeat.
+
+    Short (``busy_heartbeat_interval_sec``) for a node that was handed work less than one
+    regular interval ago (a short range ends before the regular beat, and the node's next
+    command waits for its next call), and for an ``Idle`` node while work waits that it may
+    take (``work_waiting`` is about this node, not the fleet). Otherwise the regular interval,
+    longer when the whole fleet at the regular interval would exceed
+    ``max_heartbeats_per_sec`` (load is shed by asking nodes to call less often, never by
+    letting them time out).
+    """
+    if handed_work_sec_ago is not None and handed_work_sec_ago < policy.heartbeat_interval_sec:
+        return policy.busy_heartbeat_interval_sec
+    if work_waiting and state.status is S.IDLE:
         return policy.busy_heartbeat_interval_sec
     return shed_interval(policy.heartbeat_interval_sec, fleet_size, policy.max_heartbeats_per_sec)
 

@@ -200,6 +200,22 @@ def test_heartbeat_interval_shortens_while_work_waits() -> None:
     assert heartbeat_interval(state(S.IDLE), True, policy) == 1
 
 
+def test_heartbeat_interval_is_short_for_a_node_just_handed_work_even_busy() -> None:
+    policy = NodePolicy(heartbeat_interval_sec=5, busy_heartbeat_interval_sec=1)
+    busy = state(S.BUSY)
+    assert heartbeat_interval(busy, False, policy, handed_work_sec_ago=0.0) == 1
+    assert heartbeat_interval(busy, False, policy, handed_work_sec_ago=4.9) == 1
+    # After one regular interval the work is a long one: back to the regular beat.
+    assert heartbeat_interval(busy, False, policy, handed_work_sec_ago=5.0) == 5
+    assert heartbeat_interval(busy, False, policy) == 5
+
+
+def test_waiting_work_shortens_only_an_idle_nodes_interval() -> None:
+    policy = NodePolicy(heartbeat_interval_sec=5, busy_heartbeat_interval_sec=1)
+    assert heartbeat_interval(state(S.BUSY), True, policy) == 5
+    assert heartbeat_interval(state(S.IDLE), True, policy) == 1
+
+
 def test_heartbeat_interval_lengthens_when_the_fleet_would_exceed_the_rate_budget() -> None:
     policy = NodePolicy(heartbeat_interval_sec=5, max_heartbeats_per_sec=1000)
     assert heartbeat_interval(state(S.IDLE), False, policy, fleet_size=5000) == 5
