@@ -91,8 +91,6 @@ class NodeActor:
     _idle_beats: dict[UUID, int] = attrs.Factory(dict)
     last_sample: HealthSample | None = None
     deadline: float = math.inf
-    # When (trio time) the node was last handed work: it heartbeats sooner for a while after.
-    handed_at: float | None = None
 
     @classmethod
     async def run(
@@ -213,9 +211,9 @@ class NodeActor:
         self.last_sample = sample
         self.deps.samples.submit(self.last_sample)
         waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting(self.node_id)
-        handed = None if self.handed_at is None else trio.current_time() - self.handed_at
+        unacked = any(c.type in WORK_COMMANDS for c in self.commands)
         interval = ns.heartbeat_interval(
-            self.state, waiting, policy, self.deps.fleet_size(), handed_work_sec_ago=handed
+            self.state, waiting, policy, self.deps.fleet_size(), work_unacked=unacked
         )
         self.deadline = trio.current_time() + ns.heartbeat_deadline(policy, interval)
         if dropped:
@@ -280,7 +278,6 @@ class NodeActor:
         await self._apply(ns.WorkAssigned(busy=True), write)
         self.assigned.add(message.work_id)
         self.commands.append(command)
-        self.handed_at = trio.current_time()
         return command
 
     async def _unassign(self, work_id: UUID, succeeded: bool) -> None:

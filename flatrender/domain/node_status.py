@@ -255,21 +255,20 @@ def heartbeat_interval(
     policy: NodePolicy,
     fleet_size: int = 1,
     *,
-    handed_work_sec_ago: float | None = None,
+    work_unacked: bool = False,
 ) -> int:
     """Seconds until this node's next heartbeat.
 
-    Short (``busy_heartbeat_interval_sec``) for a node that was handed work less than one
-    regular interval ago (a short range ends before the regular beat, and the node's next
-    command waits for its next call), and for an ``Idle`` node while work waits that it may
-    take (``work_waiting`` is about this node, not the fleet). Otherwise the regular interval,
-    longer when the whole fleet at the regular interval would exceed
+    Short (``busy_heartbeat_interval_sec``) for a node just handed work, i.e. holding a work
+    command it has not acknowledged yet (a short range ends before the regular beat, and the
+    node's next command waits for its next call; one short beat per piece of work, so a long
+    range costs one extra heartbeat, not one a second), and for an ``Idle`` node while work
+    waits that it may take (``work_waiting`` is about this node, not the fleet). Otherwise the
+    regular interval, longer when the whole fleet at the regular interval would exceed
     ``max_heartbeats_per_sec`` (load is shed by asking nodes to call less often, never by
     letting them time out).
     """
-    if handed_work_sec_ago is not None and handed_work_sec_ago < policy.heartbeat_interval_sec:
-        return policy.busy_heartbeat_interval_sec
-    if work_waiting and state.status is S.IDLE:
+    if work_unacked or (work_waiting and state.status is S.IDLE):
         return policy.busy_heartbeat_interval_sec
     return shed_interval(policy.heartbeat_interval_sec, fleet_size, policy.max_heartbeats_per_sec)
 

@@ -296,21 +296,20 @@ async def test_work_moved_before_delivery_takes_its_command_back(
     assert await status(actor_system, node_id) is NodeStatus.IDLE
 
 
-async def test_a_node_just_handed_work_beats_sooner_until_a_regular_interval_has_passed(
-    actor_system: ActorSystem, mock_clock: trio.testing.MockClock
+async def test_a_node_just_handed_work_beats_sooner_until_it_acknowledges_the_command(
+    actor_system: ActorSystem,
 ) -> None:
     node_id = await register(actor_system)
     assert (await heartbeat(actor_system, node_id)).next_heartbeat_in_sec == 5  # nothing waits
     work = uuid4()
-    await actor_system.fleet.call(
+    command = await actor_system.fleet.call(
         node_id, lambda r: node.Assign(work, CommandType.RENDER_FRAMES, {"frame_job_id": "x"}, r)
     )
     answer = await heartbeat(actor_system, node_id)  # delivers the command: a short range may
     assert answer.next_heartbeat_in_sec == 1  # end before a regular beat
-    mock_clock.jump(4.5)
-    assert (await heartbeat(actor_system, node_id, job=work)).next_heartbeat_in_sec == 1
-    mock_clock.jump(1)  # past one regular interval: a long range, the regular beat again
-    assert (await heartbeat(actor_system, node_id, job=work)).next_heartbeat_in_sec == 5
+    # Acknowledged and still rendering: a long range, the regular beat again.
+    acked = await heartbeat(actor_system, node_id, job=work, acked=(command.id,))
+    assert acked.next_heartbeat_in_sec == 5
 
 
 async def test_an_idle_node_beats_sooner_only_while_work_waits_that_it_may_take(

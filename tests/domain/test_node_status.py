@@ -203,10 +203,8 @@ def test_heartbeat_interval_shortens_while_work_waits() -> None:
 def test_heartbeat_interval_is_short_for_a_node_just_handed_work_even_busy() -> None:
     policy = NodePolicy(heartbeat_interval_sec=5, busy_heartbeat_interval_sec=1)
     busy = state(S.BUSY)
-    assert heartbeat_interval(busy, False, policy, handed_work_sec_ago=0.0) == 1
-    assert heartbeat_interval(busy, False, policy, handed_work_sec_ago=4.9) == 1
-    # After one regular interval the work is a long one: back to the regular beat.
-    assert heartbeat_interval(busy, False, policy, handed_work_sec_ago=5.0) == 5
+    assert heartbeat_interval(busy, False, policy, work_unacked=True) == 1
+    # Acknowledged: a range still running after a short beat is a long one, the regular beat.
     assert heartbeat_interval(busy, False, policy) == 5
 
 
