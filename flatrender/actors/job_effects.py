@@ -95,6 +95,13 @@ class JobEffects:
                 saved = await job_state.save(
                     conn, revision, old, new, self.row.output_format, now, reports
                 )
+                lines = [
+                    (e.level, e.message, e.node_id)
+                    for e in decision.effects
+                    if isinstance(e, js.Log)
+                ]
+                if lines:
+                    await jobs.log_many(conn, new.job_id, lines)
                 for effect in decision.effects:
                     await self._in_transaction(conn, effect)
                 return saved
@@ -107,8 +114,8 @@ class JobEffects:
     async def _in_transaction(self, conn: Connection, effect: js.Effect) -> None:
         job = self.state.job_id
         match effect:
-            case js.Log(level=level, message=text, node_id=node_id):
-                await jobs.log(conn, job, level, text, node_id=node_id)
+            case js.Log():
+                pass  # written together before the other effects
             case js.RefundFull(amount_minor=amount, reason=reason):
                 await ledger.lock_account(conn, self.row.user_id)
                 await ledger.append(

@@ -271,11 +271,7 @@ class NodeActor:
         if not self.state.schedulable(self.deps.clock()):
             return NodeNotIdle(f"node {self.node_id} is {self.state.status.value}")
         command = NodeCommand(uuid4(), message.type, dict(message.payload))
-
-        async def write(conn: Connection) -> None:
-            await nodes.insert_command(conn, self.node_id, command)
-
-        await self._apply(ns.WorkAssigned(busy=True), write)
+        await self._apply(ns.WorkAssigned(busy=True), with_command=command)
         self.assigned.add(message.work_id)
         self.commands.append(command)
         return command
@@ -351,10 +347,16 @@ class NodeActor:
         also: Callable[[Connection], Awaitable[Any]] | None = None,
         *,
         force: bool = False,
+        with_command: NodeCommand | None = None,
     ) -> None:
-        """Decide, commit (with ``also`` in the same transaction), then act on the effects."""
+        """Decide, commit (with ``also`` in the same transaction, or ``with_command`` inserted
+        in the same statement), then act on the effects."""
         decision = ns.decide(self.state, event, self.deps.policy())
-        if (
+        if with_command is not None and also is None:
+            await nodes.save_state_with_command(
+                self.deps.db, self.node_id, decision.state, with_command
+            )
+        elif (
             also is not None
             or force
             or (

@@ -154,11 +154,8 @@ async def save(
     if new_revision is None:
         raise ConcurrentUpdate(f"job {new.job_id} changed under this actor")
     before = {r.id: r for r in old.ranges}
-    for r in new.ranges:
-        if before.get(r.id) == r:
-            continue
-        await conn.execute(
-            UPSERT_RANGE,
+    changed = [
+        (
             r.id,
             new.job_id,
             r.node_id,
@@ -176,6 +173,11 @@ async def save(
             None if r.trim is None else r.trim.original_end,
             None if r.trim is None else r.trim.tail_id,
         )
+        for r in new.ranges
+        if before.get(r.id) != r
+    ]
+    if changed:
+        await conn.executemany(UPSERT_RANGE, changed)  # one round trip for them all
     if reports:
         await conn.executemany(INSERT_REPORT, reports)
     return int(new_revision)

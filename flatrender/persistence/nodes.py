@@ -157,6 +157,39 @@ WHERE id = $1
 """
 
 
+# The state and a new command in one statement (a data-modifying WITH always runs): the hot
+# path of handing a node work, one round trip with no BEGIN/COMMIT of its own.
+SAVE_STATE_WITH_COMMAND = """
+WITH command AS (
+    INSERT INTO node_commands (id, node_id, type, payload) VALUES ($9, $1, $10, $11)
+)
+UPDATE nodes SET status = $2, is_active = $3, accepts_new_jobs = $4, consecutive_failures = $5,
+    lifetime_crash_count = $6, next_maintenance_at = $7, last_maintenance_at = $8,
+    updated_at = now()
+WHERE id = $1
+"""
+
+
+async def save_state_with_command(
+    db: Connection | Database, node_id: UUID, state: NodeState, command: NodeCommand
+) -> None:
+    """:func:`save_state` and :func:`insert_command` together, atomically."""
+    await db.execute(
+        SAVE_STATE_WITH_COMMAND,
+        node_id,
+        state.status.value,
+        state.is_active,
+        state.accepts_new_jobs,
+        state.consecutive_failures,
+        state.lifetime_crash_count,
+        state.next_maintenance_at,
+        state.last_maintenance_at,
+        command.id,
+        command.type.value,
+        _stored_payload(command),
+    )
+
+
 async def save_state(conn: Connection | Database, node_id: UUID, state: NodeState) -> None:
     await conn.execute(
         SAVE_STATE,
@@ -242,9 +275,14 @@ RETURNING id
 
 
 async def insert_command(conn: Connection | Database, node_id: UUID, command: NodeCommand) -> None:
+    await conn.execute(
+        INSERT_COMMAND, command.id, node_id, command.type.value, _stored_payload(command)
+    )
+
+
+def _stored_payload(command: NodeCommand) -> Any:
     # Round-trip through JSON so what is stored is exactly what the node will read.
-    payload = json.loads(json.dumps(command.payload, default=str))
-    await conn.execute(INSERT_COMMAND, command.id, node_id, command.type.value, payload)
+    return json.loads(json.dumps(command.payload, default=str))
 
 
 async def pending_commands(db: Database, node_id: UUID) -> list[NodeCommand]:
