@@ -35,7 +35,7 @@ from flatrender.actors.job_messages import ReplicaReady as ReplicaReady
 from flatrender.actors.job_messages import ReportFrame as ReportFrame
 from flatrender.actors.job_messages import WorkDropped as WorkDropped
 from flatrender.actors.job_messages import _Merged, _Validated
-from flatrender.actors.mailbox import answer, fail
+from flatrender.actors.mailbox import Reply, answer, fail
 from flatrender.actors.merger import MergedExport
 from flatrender.actors.validation import OutputCheck
 from flatrender.domain import job_steps as js
@@ -157,13 +157,11 @@ class JobActor(JobEffects):
     async def _serve_reports(self, reports: list[ReportFrame]) -> None:
         """Frame reports waiting together are committed together; each is answered after."""
         try:
-            accepted = await self._report_frames(reports)
+            await self._report_frames(reports)
         except BaseException:
             for message in reports:
-                fail(message.reply)
+                fail(message.reply)  # a no-op for those answered after the commit
             raise
-        for message, ok in zip(reports, accepted, strict=True):
-            answer(message.reply, ok)
 
     def _answer_waiting(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
         while True:
@@ -206,11 +204,11 @@ class JobActor(JobEffects):
             case AssignReplica(node_id=node_id):
                 answer(message.reply, await self._assign_replica(node_id))
             case ReportFrame():
-                answer(message.reply, (await self._report_frames([message]))[0])
+                await self._serve_reports([message])
             case ReplicaReady():
                 answer(message.reply, await self._replica_ready(message))
             case CrashReported(report=report):
-                answer(message.reply, await self._crash(report))
+                await self._crash(report, message.reply)
             case NodeGone(node_id=node_id):
                 await self._apply(js.NodeLost(node_id))
                 if message.reply is not None:
@@ -291,9 +289,10 @@ class JobActor(JobEffects):
         await self._commit(decision)
         return True
 
-    async def _report_frames(self, reports: list[ReportFrame]) -> list[bool]:
-        """Decide each report in turn and commit them all at once; for each, False when it is
-        fenced (409 ``stale_assignment``). A repeated report is accepted and writes nothing."""
+    async def _report_frames(self, reports: list[ReportFrame]) -> None:
+        """Decide each report in turn, commit them all at once, then answer each (False when
+        it is fenced: 409 ``stale_assignment``) before the decisions' other effects run. A
+        repeated report is accepted and writes nothing."""
         policy = self._policy()
         state, effects = self.state, list[js.Effect]()
         rows: list[job_state.FrameReport] = []
@@ -318,8 +317,14 @@ class JobActor(JobEffects):
                         message.completed_at,
                     )
                 )
-        await self._commit(js.Decision(state, tuple(effects)), reports=rows)
-        return accepted
+
+        def answer_all() -> None:
+            for message, ok in zip(reports, accepted, strict=True):
+                answer(message.reply, ok)
+
+        await self._commit(
+            js.Decision(state, tuple(effects)), reports=rows, on_committed=answer_all
+        )
 
     async def _replica_ready(self, message: ReplicaReady) -> bool:
         if (
@@ -390,36 +395,39 @@ class JobActor(JobEffects):
         )
         await self._apply(js.CrashDecided(work_id, node_id, verdict))
 
-    async def _crash(self, report: nodes.CrashReport) -> CrashAnswer | None:
+    async def _crash(self, report: nodes.CrashReport, reply: Reply) -> None:
+        """Answer a crash report (a CrashAnswer, or None when fenced) as soon as its decision is
+        committed, before the decision's messages to nodes go out (DESIGN 2.1 holds: the answer
+        follows the commit)."""
         r = self.state.range(report.frame_job_id) if report.frame_job_id else None
         if r is None or r.node_id != report.node_id:
-            return None
-        verdict = decide_crash(
-            await self._crash_history(report.node_id, r),
-            max_attempts=self.deps.config().jobs.max_attempts,
-            node_restart_after=self.deps.config().nodes.crash_restart_after,
-        )
-        outcome: node.CrashOutcome = await self.deps.fleet.call(
-            report.node_id, lambda reply: node.RecordCrash(report, reply, verdict.action)
-        )
-        if not outcome.counted:
-            return CrashAnswer(CrashAction(outcome.crash.recovery_action))
-        decision = await self._apply(js.CrashDecided(r.id, report.node_id, verdict))
-        if decision.fenced:
-            return None
-        return CrashAnswer(verdict.action)
+            answer(reply, None)
+            return
+        cfg = self.deps.config()
+        attempt = r.attempt
 
-    async def _crash_history(self, node_id: UUID, r: js.RangeState) -> CrashHistory:
-        window = timedelta(seconds=self.deps.config().nodes.crash_window_sec)
-        row = await self.deps.db.fetchrow(
-            "SELECT count(*) FILTER (WHERE crashed_at > $3) AS recent, "
-            "count(*) FILTER (WHERE frame_job_id = $2) AS on_range "
-            "FROM node_crashes WHERE node_id = $1",
-            node_id,
-            r.id,
-            self.deps.clock() - window,
+        def verdict_of(recent: int, on_range: int) -> CrashVerdict:
+            return decide_crash(
+                CrashHistory(recent, on_range, attempt),
+                max_attempts=cfg.jobs.max_attempts,
+                node_restart_after=cfg.nodes.crash_restart_after,
+            )
+
+        # The node's actor reads the history, decides and records the crash in one commit.
+        since = self.deps.clock() - timedelta(seconds=cfg.nodes.crash_window_sec)
+        query = node.CrashPolicyQuery(r.id, since, verdict_of)
+        outcome: node.CrashOutcome = await self.deps.fleet.call(
+            report.node_id, lambda r_: node.RecordCrash(report, r_, policy=query)
         )
-        return CrashHistory(int(row["recent"]), int(row["on_range"]), r.attempt)
+        if not outcome.counted or outcome.verdict is None:
+            answer(reply, CrashAnswer(CrashAction(outcome.crash.recovery_action)))
+            return
+        verdict = outcome.verdict
+        decision = js.decide(
+            self.state, js.CrashDecided(r.id, report.node_id, verdict), self._policy()
+        )
+        result = None if decision.fenced else CrashAnswer(verdict.action)
+        await self._commit(decision, on_committed=lambda: answer(reply, result))
 
     async def _validated(self, range_id: UUID, check: OutputCheck) -> None:
         async def preview(conn: Connection) -> None:

@@ -81,8 +81,10 @@ class JobEffects:
         *,
         also: Callable[[Connection], Awaitable[None]] | None = None,
         reports: Sequence[job_state.FrameReport] = (),
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
-        """Commit the decision whole, then perform the effects that are messages."""
+        """Commit the decision whole, then call ``on_committed`` (answer the caller), then
+        perform the effects that are messages."""
         old, new = self.state, decision.state
         if old != new or decision.effects or also is not None or reports:
             now = self.deps.clock()
@@ -108,6 +110,8 @@ class JobEffects:
 
             self.revision = await self.deps.db.atomic(write)
         self.state = new
+        if on_committed is not None:
+            on_committed()
         for effect in decision.effects:
             await self._perform(effect, old)
 

@@ -22,6 +22,7 @@ from flatrender.actors.mailbox import answer, fail
 from flatrender.actors.node_messages import Assign as Assign
 from flatrender.actors.node_messages import CacheChanged as CacheChanged
 from flatrender.actors.node_messages import CrashOutcome as CrashOutcome
+from flatrender.actors.node_messages import CrashPolicyQuery as CrashPolicyQuery
 from flatrender.actors.node_messages import Enqueue as Enqueue
 from flatrender.actors.node_messages import Heartbeat as Heartbeat
 from flatrender.actors.node_messages import HeartbeatAnswer as HeartbeatAnswer
@@ -186,8 +187,8 @@ class NodeActor:
             case Unassign(work_id=work_id, succeeded=succeeded):
                 await self._unassign(work_id, succeeded)
                 answer(message.reply, None)
-            case RecordCrash(report=report, action=action):
-                answer(message.reply, await self._record_crash(report, action))
+            case RecordCrash(report=report, action=action, policy=policy):
+                answer(message.reply, await self._record_crash(report, action, policy))
             case Patch(patch=patch):
                 await self._patch(patch)
                 answer(message.reply, None)
@@ -296,22 +297,34 @@ class NodeActor:
             await nodes.ack_commands(self.deps.db, self.node_id, [c.id for c in gone])
             self.commands = [c for c in self.commands if c not in gone]
 
-    async def _record_crash(self, report: nodes.CrashReport, action: CrashAction) -> CrashOutcome:
+    async def _record_crash(
+        self, report: nodes.CrashReport, action: CrashAction, policy: CrashPolicyQuery | None
+    ) -> CrashOutcome:
         decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
+        node_id = self.node_id
 
-        async def write(conn: Connection) -> tuple[nodes.CrashRow | None, nodes.CrashRow | None]:
-            row = await nodes.record_crash(conn, uuid4(), report, action.value)
-            if row is not None:
-                await nodes.save_state(conn, self.node_id, decision.state)
-                return row, None
-            return None, await nodes.find_crash(conn, report)
+        async def write(conn: Connection) -> CrashOutcome:
+            # On the asyncio side, one bridge crossing: database calls and pure decisions only.
+            verdict = None
+            stored = action
+            if policy is not None:
+                recent, on_range = await nodes.crash_history(
+                    conn, node_id, policy.range_id, policy.since
+                )
+                verdict = policy.decide(recent, on_range)
+                stored = verdict.action
+            row = await nodes.record_crash(conn, uuid4(), report, stored.value)
+            if row is None:
+                existing = await nodes.find_crash(conn, report)
+                assert existing is not None
+                return CrashOutcome(existing, counted=False)
+            await nodes.save_state(conn, node_id, decision.state)
+            return CrashOutcome(row, counted=True, verdict=verdict)
 
-        row, existing = await self.deps.db.atomic(write)
-        if row is None:
-            assert existing is not None
-            return CrashOutcome(existing, counted=False)
-        self._set_state(decision.state, "crash reported")
-        return CrashOutcome(row, counted=True)
+        outcome = await self.deps.db.atomic(write)
+        if outcome.counted:
+            self._set_state(decision.state, "crash reported")
+        return outcome
 
     async def _patch(self, patch: NodePatch) -> None:
         event = ns.AdminPatch(

@@ -343,7 +343,13 @@ INSERT INTO node_crashes (id, node_id, render_job_id, frame_job_id, last_known_f
     crash_signal, ae_version, error_log, log_file_url, recovery_action)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (node_id, frame_job_id, last_known_frame) DO NOTHING
-RETURNING id
+RETURNING *
+"""
+# What the crash policy needs to know of a node's past crashes (before this one is recorded).
+CRASH_HISTORY = """
+SELECT count(*) FILTER (WHERE crashed_at > $3) AS recent,
+       count(*) FILTER (WHERE frame_job_id = $2) AS on_range
+FROM node_crashes WHERE node_id = $1
 """
 FIND_CRASH = """
 SELECT * FROM node_crashes
@@ -360,7 +366,7 @@ async def record_crash(
     conn: Connection, crash_id: UUID, report: CrashReport, action: str
 ) -> CrashRow | None:
     """Insert the crash; None when this exact report was recorded before (a retry)."""
-    inserted = await conn.fetchval(
+    inserted = await conn.fetchrow(
         INSERT_CRASH,
         crash_id,
         report.node_id,
@@ -373,9 +379,15 @@ async def record_crash(
         report.log_file_url,
         action,
     )
-    if inserted is None:
-        return None
-    return await find_crash(conn, report)
+    return None if inserted is None else _crash(inserted)
+
+
+async def crash_history(
+    conn: Connection | Database, node_id: UUID, range_id: UUID, since: datetime
+) -> tuple[int, int]:
+    """The node's crashes since ``since``, and its crashes on the range (any time)."""
+    row = await conn.fetchrow(CRASH_HISTORY, node_id, range_id, since)
+    return int(row["recent"]), int(row["on_range"])
 
 
 async def find_crash(conn: Connection | Database, report: CrashReport) -> CrashRow | None:
