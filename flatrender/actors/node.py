@@ -92,6 +92,10 @@ class NodeActor:
     _idle_beats: dict[UUID, int] = attrs.Factory(dict)
     last_sample: HealthSample | None = None
     deadline: float = math.inf
+    # When (trio time) the node was last handed work, and how long its last finished piece of
+    # work took from then: a node on short work heartbeats sooner.
+    handed_at: float | None = None
+    last_work_sec: float | None = None
 
     @classmethod
     async def run(
@@ -212,9 +216,15 @@ class NodeActor:
         self.last_sample = sample
         self.deps.samples.submit(self.last_sample)
         waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting(self.node_id)
-        unacked = any(c.type in WORK_COMMANDS for c in self.commands)
+        now = trio.current_time()
         interval = ns.heartbeat_interval(
-            self.state, waiting, policy, self.deps.fleet_size(), work_unacked=unacked
+            self.state,
+            waiting,
+            policy,
+            self.deps.fleet_size(),
+            work_unacked=any(c.type in WORK_COMMANDS for c in self.commands),
+            handed_work_sec_ago=None if self.handed_at is None else now - self.handed_at,
+            last_work_sec=self.last_work_sec,
         )
         self.deadline = trio.current_time() + ns.heartbeat_deadline(policy, interval)
         if dropped:
@@ -275,6 +285,7 @@ class NodeActor:
         await self._apply(ns.WorkAssigned(busy=True), with_command=command)
         self.assigned.add(message.work_id)
         self.commands.append(command)
+        self.handed_at = trio.current_time()
         return command
 
     async def _unassign(self, work_id: UUID, succeeded: bool) -> None:
@@ -285,6 +296,8 @@ class NodeActor:
             # Moved or cancelled before the node got it: take the command back.
             await self._withdraw(lambda c: _work_of(c) == str(work_id))
         if succeeded:
+            if self.handed_at is not None:
+                self.last_work_sec = trio.current_time() - self.handed_at
             await self._apply(ns.WorkSucceeded())
         if not self.assigned:
             reported = self.last_sample is not None and self.last_sample.current_job_id is not None
