@@ -24,6 +24,7 @@ from flatrender.actors.job_effects import JobDeps as JobDeps
 from flatrender.actors.job_effects import JobEffects
 from flatrender.actors.job_messages import Abort as Abort
 from flatrender.actors.job_messages import AssignRange as AssignRange
+from flatrender.actors.job_messages import AssignRanges as AssignRanges
 from flatrender.actors.job_messages import AssignReplica as AssignReplica
 from flatrender.actors.job_messages import Cancel as Cancel
 from flatrender.actors.job_messages import CrashAnswer as CrashAnswer
@@ -36,7 +37,7 @@ from flatrender.actors.job_messages import ReplicaReady as ReplicaReady
 from flatrender.actors.job_messages import ReportFrame as ReportFrame
 from flatrender.actors.job_messages import WorkDropped as WorkDropped
 from flatrender.actors.job_messages import _Merged, _Validated
-from flatrender.actors.mailbox import answer, fail
+from flatrender.actors.mailbox import Reply, answer, fail
 from flatrender.actors.merger import MergedExport
 from flatrender.actors.validation import OutputCheck
 from flatrender.domain import job_steps as js
@@ -50,6 +51,8 @@ from flatrender.persistence.db import Connection
 log = logging.getLogger("flatrender.job")
 
 INBOX_SIZE = 256
+# Frame reports waiting in the inbox together are committed in one transaction, up to this many.
+REPORTS_PER_COMMIT = 64
 
 
 class JobActor(JobEffects):
@@ -129,9 +132,15 @@ class JobActor(JobEffects):
     # ------------------------------------------------------------------ the loop
 
     async def _serve(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        held: Message | None = None  # taken from the inbox while gathering reports: next
         try:
             while not self.state.terminal:
-                message = await inbox.receive()
+                message = held if held is not None else await inbox.receive()
+                held = None
+                if isinstance(message, ReportFrame):
+                    reports, held = _gather_reports(message, inbox)
+                    await self._serve_reports(reports)
+                    continue
                 try:
                     await self._dispatch(message)
                 except BaseException:
@@ -143,49 +152,67 @@ class JobActor(JobEffects):
             # Messages that queued behind the last one would otherwise be dropped unanswered
             # and their callers wait out their timeout. No checkpoint between the last look and
             # the close: a later sender finds the inbox closed at once.
+            if held is not None:
+                self._answer_unserved(held)
             self._answer_waiting(inbox)
             inbox.close()
         log.info("job %s is %s", self.state.job_id, self.state.step.value)
 
+    async def _serve_reports(self, reports: list[ReportFrame]) -> None:
+        """Frame reports waiting together are committed together; each is answered after."""
+        try:
+            await self._report_frames(reports)
+        except BaseException:
+            for message in reports:
+                fail(message.reply)  # a no-op for those answered after the commit
+            raise
+
     def _answer_waiting(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
-        """Answer what waits in the inbox without I/O: a terminal job refuses node reports and
-        work (409 ``stale_assignment``, an offer declined); anything else (a cancel, or every
-        message when the actor is crashing) fails, so the caller looks at the committed state."""
         while True:
             try:
                 message = inbox.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
-            reply = message.reply
-            if reply is None:
-                continue  # a background result (validation, merge): moot now
-            if not self.state.terminal:
+            self._answer_unserved(message)
+
+    def _answer_unserved(self, message: Message) -> None:
+        """Answer a message left unserved, without I/O: a terminal job refuses node reports and
+        work (409 ``stale_assignment``, an offer declined); anything else (a cancel, or every
+        message when the actor is crashing) fails, so the caller looks at the committed state."""
+        reply = message.reply
+        if reply is None:
+            return  # a background result (validation, merge): moot now
+        if not self.state.terminal:
+            fail(reply)
+            return
+        match message:
+            case AssignRange() | AssignReplica() | ReportFrame() | ReplicaReady():
+                answer(reply, False)
+            case AssignRanges():
+                answer(reply, frozenset())
+            case OfferTail():
+                answer(reply, False)
+            case CrashReported() | NodeGone():
+                answer(reply, None)
+            case Inspect():
+                answer(reply, self.state)
+            case _:
                 fail(reply)
-                continue
-            match message:
-                case AssignRange() | AssignReplica() | ReportFrame() | ReplicaReady():
-                    answer(reply, False)
-                case OfferTail():
-                    answer(reply, False)
-                case CrashReported() | NodeGone():
-                    answer(reply, None)
-                case Inspect():
-                    answer(reply, self.state)
-                case _:
-                    fail(reply)
 
     async def _dispatch(self, message: Message) -> None:
         match message:
             case AssignRange(range_id=range_id, node_id=node_id):
                 answer(message.reply, await self._assign_range(range_id, node_id))
+            case AssignRanges(pairs=pairs):
+                answer(message.reply, await self._assign_ranges(pairs))
             case AssignReplica(node_id=node_id):
                 answer(message.reply, await self._assign_replica(node_id))
             case ReportFrame():
-                answer(message.reply, await self._report_frame(message))
+                await self._serve_reports([message])
             case ReplicaReady():
                 answer(message.reply, await self._replica_ready(message))
             case CrashReported(report=report):
-                answer(message.reply, await self._crash(report))
+                await self._crash(report, message.reply)
             case NodeGone(node_id=node_id):
                 await self._apply(js.NodeLost(node_id))
                 if message.reply is not None:
@@ -223,6 +250,41 @@ class JobActor(JobEffects):
         await self._commit(decision)
         return True
 
+    async def _assign_ranges(self, pairs: tuple[tuple[UUID, UUID], ...]) -> frozenset[UUID]:
+        """Offer each range to its node, all at once; commit the ranges taken in one decision.
+
+        As for one range, each node's actor commits its command before this job commits the
+        assignment, so a node holds a command for a range this job does not record only across
+        a crash between the two commits (its report is then fenced, DESIGN §4).
+        """
+        policy = self._policy()
+        offers: list[tuple[UUID, UUID, dict[str, object]]] = []
+        for range_id, node_id in dict(pairs).items():  # a range offered twice: its last node
+            event = js.RangeAssigned(range_id, node_id)
+            if js.decide(self.state, event, policy).outcome is not js.Outcome.APPLIED:
+                continue
+            r = self.state.range(range_id)
+            assert r is not None
+            offers.append((range_id, node_id, await self._render_payload(r)))
+        took: set[UUID] = set()
+
+        async def offer(range_id: UUID, node_id: UUID, payload: dict[str, object]) -> None:
+            if await self._give_node(node_id, range_id, CommandType.RENDER_FRAMES, payload):
+                took.add(range_id)
+
+        async with trio.open_nursery() as nursery:
+            for range_id, node_id, payload in offers:
+                nursery.start_soon(offer, range_id, node_id, payload)
+        state, effects = self.state, list[js.Effect]()
+        for range_id, node_id, _ in offers:
+            if range_id in took:
+                decision = js.decide(state, js.RangeAssigned(range_id, node_id), policy)
+                state = decision.state
+                effects.extend(decision.effects)
+        if took:
+            await self._commit(js.Decision(state, tuple(effects)))
+        return frozenset(took)
+
     async def _assign_replica(self, node_id: UUID) -> bool:
         decision = js.decide(self.state, js.ReplicaBuilderAssigned(node_id), self._policy())
         if decision.outcome is not js.Outcome.APPLIED:
@@ -235,21 +297,42 @@ class JobActor(JobEffects):
         await self._commit(decision)
         return True
 
-    async def _report_frame(self, message: ReportFrame) -> bool:
-        event = js.FrameReported(message.range_id, message.node_id, message.frame)
-        decision = js.decide(self.state, event, self._policy())
-        if decision.outcome is js.Outcome.UNCHANGED:
-            return True  # a repeated report: already recorded
-        self._first_frame_at.setdefault(message.range_id, trio.current_time())
-        report = (
-            message.range_id,
-            message.frame,
-            message.node_id,
-            message.file_size_bytes,
-            message.completed_at,
+    async def _report_frames(self, reports: list[ReportFrame]) -> None:
+        """Decide each report in turn, commit them all at once, then answer each (False when
+        it is fenced: 409 ``stale_assignment``) before the decisions' other effects run. A
+        repeated report is accepted and writes nothing."""
+        policy = self._policy()
+        state, effects = self.state, list[js.Effect]()
+        rows: list[job_state.FrameReport] = []
+        accepted: list[bool] = []
+        for message in reports:
+            event = js.FrameReported(message.range_id, message.node_id, message.frame)
+            decision = js.decide(state, event, policy)
+            if decision.outcome is js.Outcome.UNCHANGED:
+                accepted.append(True)  # a repeated report: already recorded
+                continue
+            self._first_frame_at.setdefault(message.range_id, trio.current_time())
+            state = decision.state
+            effects.extend(decision.effects)
+            accepted.append(not decision.fenced)
+            if not decision.fenced:
+                rows.append(
+                    (
+                        message.range_id,
+                        message.frame,
+                        message.node_id,
+                        message.file_size_bytes,
+                        message.completed_at,
+                    )
+                )
+
+        def answer_all() -> None:
+            for message, ok in zip(reports, accepted, strict=True):
+                answer(message.reply, ok)
+
+        await self._commit(
+            js.Decision(state, tuple(effects)), reports=rows, on_committed=answer_all
         )
-        await self._commit(decision, report=report if not decision.fenced else None)
-        return not decision.fenced
 
     async def _replica_ready(self, message: ReplicaReady) -> bool:
         if (
@@ -329,36 +412,39 @@ class JobActor(JobEffects):
         )
         await self._apply(js.CrashDecided(work_id, node_id, verdict))
 
-    async def _crash(self, report: nodes.CrashReport) -> CrashAnswer | None:
+    async def _crash(self, report: nodes.CrashReport, reply: Reply) -> None:
+        """Answer a crash report (a CrashAnswer, or None when fenced) as soon as its decision is
+        committed, before the decision's messages to nodes go out (DESIGN 2.1 holds: the answer
+        follows the commit)."""
         r = self.state.range(report.frame_job_id) if report.frame_job_id else None
         if r is None or r.node_id != report.node_id:
-            return None
-        verdict = decide_crash(
-            await self._crash_history(report.node_id, r),
-            max_attempts=self.deps.config().jobs.max_attempts,
-            node_restart_after=self.deps.config().nodes.crash_restart_after,
-        )
-        outcome: node.CrashOutcome = await self.deps.fleet.call(
-            report.node_id, lambda reply: node.RecordCrash(report, reply, verdict.action)
-        )
-        if not outcome.counted:
-            return CrashAnswer(CrashAction(outcome.crash.recovery_action))
-        decision = await self._apply(js.CrashDecided(r.id, report.node_id, verdict))
-        if decision.fenced:
-            return None
-        return CrashAnswer(verdict.action)
+            answer(reply, None)
+            return
+        cfg = self.deps.config()
+        attempt = r.attempt
 
-    async def _crash_history(self, node_id: UUID, r: js.RangeState) -> CrashHistory:
-        window = timedelta(seconds=self.deps.config().nodes.crash_window_sec)
-        row = await self.deps.db.fetchrow(
-            "SELECT count(*) FILTER (WHERE crashed_at > $3) AS recent, "
-            "count(*) FILTER (WHERE frame_job_id = $2) AS on_range "
-            "FROM node_crashes WHERE node_id = $1",
-            node_id,
-            r.id,
-            self.deps.clock() - window,
+        def verdict_of(recent: int, on_range: int) -> CrashVerdict:
+            return decide_crash(
+                CrashHistory(recent, on_range, attempt),
+                max_attempts=cfg.jobs.max_attempts,
+                node_restart_after=cfg.nodes.crash_restart_after,
+            )
+
+        # The node's actor reads the history, decides and records the crash in one commit.
+        since = self.deps.clock() - timedelta(seconds=cfg.nodes.crash_window_sec)
+        query = node.CrashPolicyQuery(r.id, since, verdict_of)
+        outcome: node.CrashOutcome = await self.deps.fleet.call(
+            report.node_id, lambda r_: node.RecordCrash(report, r_, policy=query)
         )
-        return CrashHistory(int(row["recent"]), int(row["on_range"]), r.attempt)
+        if not outcome.counted or outcome.verdict is None:
+            answer(reply, CrashAnswer(CrashAction(outcome.crash.recovery_action)))
+            return
+        verdict = outcome.verdict
+        decision = js.decide(
+            self.state, js.CrashDecided(r.id, report.node_id, verdict), self._policy()
+        )
+        result = None if decision.fenced else CrashAnswer(verdict.action)
+        await self._commit(decision, on_committed=lambda: answer(reply, result))
 
     async def _validated(self, range_id: UUID, check: OutputCheck) -> None:
         async def preview(conn: Connection) -> None:
@@ -397,3 +483,20 @@ def _refunded(decision: js.Decision) -> int:
         for e in decision.effects
         if isinstance(e, js.RefundFull | js.RefundCancelShare)
     )
+
+
+def _gather_reports(
+    first: ReportFrame, inbox: trio.MemoryReceiveChannel[Message]
+) -> tuple[list[ReportFrame], Message | None]:
+    """``first`` and the frame reports right behind it in the inbox (no checkpoint); the first
+    other message met is handed back, to be served next, so the order of the rest holds."""
+    reports = [first]
+    while len(reports) < REPORTS_PER_COMMIT:
+        try:
+            message = inbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return reports, None
+        if not isinstance(message, ReportFrame):
+            return reports, message
+        reports.append(message)
+    return reports, None

@@ -9,7 +9,7 @@ Validation and merging run as background tasks of the actor and come back as mes
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -89,27 +89,43 @@ class JobEffects:
         decision: js.Decision,
         *,
         also: Callable[[Connection], Awaitable[None]] | None = None,
-        report: tuple[UUID, int, UUID, int | None, datetime | None] | None = None,
+        reports: Sequence[job_state.FrameReport] = (),
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
-        """Commit the decision whole, then perform the effects that are messages."""
+        """Commit the decision whole, then call ``on_committed`` (answer the caller), then
+        perform the effects that are messages."""
         old, new = self.state, decision.state
-        notify = False
-        if old != new or decision.effects or also is not None or report is not None:
+        notify = self.row.tell_me_when_done and new.terminal and not old.terminal
+        if old != new or decision.effects or also is not None or reports:
             now = self.deps.clock()
-            async with self.deps.db.transaction() as conn:
+            revision = self.revision
+
+            async def write(conn: Connection) -> int:
+                # Runs on the asyncio side in one bridge crossing: database calls only.
                 if also is not None:
                     await also(conn)
-                self.revision = await job_state.save(
-                    conn, self.revision, old, new, self.row.output_format, now, report
+                saved = await job_state.save(
+                    conn, revision, old, new, self.row.output_format, now, reports
                 )
+                lines = [
+                    (e.level, e.message, e.node_id)
+                    for e in decision.effects
+                    if isinstance(e, js.Log)
+                ]
+                if lines:
+                    await jobs.log_many(conn, new.job_id, lines)
                 for effect in decision.effects:
                     await self._in_transaction(conn, effect)
-                notify = self.row.tell_me_when_done and new.terminal and not old.terminal
                 if notify:
                     await notifications.enqueue(
                         conn, self.row.id, self.row.user_id, self._end_payload(new, now), now
                     )
+                return saved
+
+            self.revision = await self.deps.db.atomic(write)
         self.state = new
+        if on_committed is not None:
+            on_committed()
         if notify:
             self.deps.notification_written()
         if old != new or also is not None:
@@ -139,8 +155,8 @@ class JobEffects:
     async def _in_transaction(self, conn: Connection, effect: js.Effect) -> None:
         job = self.state.job_id
         match effect:
-            case js.Log(level=level, message=text, node_id=node_id):
-                await jobs.log(conn, job, level, text, node_id=node_id)
+            case js.Log():
+                pass  # written together before the other effects
             case js.RefundFull(amount_minor=amount, reason=reason):
                 await ledger.lock_account(conn, self.row.user_id)
                 await ledger.append(

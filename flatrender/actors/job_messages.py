@@ -26,6 +26,15 @@ class AssignRange:
 
 
 @attrs.frozen
+class AssignRanges:
+    """Several of this job's ranges, each to its node (a scheduling round's share of the job):
+    the nodes are asked together and the ranges they took are committed in one transaction."""
+
+    pairs: tuple[tuple[UUID, UUID], ...]  # (range_id, node_id)
+    reply: Reply  # -> frozenset[UUID]: the ranges a node took
+
+
+@attrs.frozen
 class AssignReplica:
     node_id: UUID
     reply: Reply  # -> bool
@@ -118,6 +127,7 @@ class _Merged:
 
 Message = (
     AssignRange
+    | AssignRanges
     | AssignReplica
     | ReportFrame
     | ReplicaReady

@@ -18,6 +18,13 @@ from flatrender.actors.supervisor import ChildSpec, ChildUnavailable, Restart, S
 log = logging.getLogger("flatrender.jobs")
 
 RANGE_OWNERS = "SELECT id, job_id FROM frame_jobs WHERE id = ANY($1::uuid[])"
+# Jobs with work on a node: open ranges, or the replica build of a Preparing job.
+HOLDERS = """
+SELECT job_id FROM frame_jobs
+WHERE node_id = $1 AND status IN ('Assigned', 'Rendering', 'Rendered')
+UNION
+SELECT id FROM render_jobs WHERE replica_node_id = $1 AND step = 'Preparing'
+"""
 ACTIVE = """
 SELECT id FROM render_jobs WHERE step NOT IN ('Completed', 'Failed', 'Cancelled') ORDER BY queued_at
 """
@@ -100,20 +107,15 @@ class JobSystem:
             log.warning("job %s is too busy to hear %r", child_id, message)
 
     async def node_lost(self, node_id: UUID) -> None:
-        """Tell every job that the node's unvalidated work is gone (no answer awaited)."""
+        """Tell the jobs holding work on the node that it is gone (no answer awaited).
+
+        The holders are read from PostgreSQL: a job whose assignment to this node commits just
+        after the read is caught by the scheduler's sweep of work held by Offline nodes.
+        """
         supervisor = self._supervisor
         if supervisor is None:
             return
-        for child_id in list(supervisor.statistics().children):
-            try:
-                inbox = supervisor.handle(child_id)
-            except (KeyError, ChildUnavailable):
-                continue
-            with trio.move_on_after(1.0) as waited:
-                try:
-                    await inbox.send(job.NodeGone(node_id))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    continue  # the job just ended
-            if waited.cancelled_caught:
-                # The scheduler's sweep of ranges held by Offline nodes catches it up.
-                log.warning("job %s is too busy to hear that node %s was lost", child_id, node_id)
+        for r in await self.deps.db.fetch(HOLDERS, node_id):
+            # A job too busy to hear it is caught up by the scheduler's sweep of work held by
+            # Offline nodes.
+            await self._tell(str(r["job_id"]), job.NodeGone(node_id))

@@ -22,6 +22,7 @@ from flatrender.actors.mailbox import answer, fail
 from flatrender.actors.node_messages import Assign as Assign
 from flatrender.actors.node_messages import CacheChanged as CacheChanged
 from flatrender.actors.node_messages import CrashOutcome as CrashOutcome
+from flatrender.actors.node_messages import CrashPolicyQuery as CrashPolicyQuery
 from flatrender.actors.node_messages import Enqueue as Enqueue
 from flatrender.actors.node_messages import Heartbeat as Heartbeat
 from flatrender.actors.node_messages import HeartbeatAnswer as HeartbeatAnswer
@@ -68,8 +69,9 @@ class NodeDeps:
     on_lost: Callable[[UUID, str], Awaitable[None]]
     # Called with work the node evidently dropped (alive, idle, its command long delivered).
     on_dropped: Callable[[UUID, list[UUID]], Awaitable[None]] = lambda node, work: _nothing()
-    # The scheduler: whether work waits for nodes, and a nudge when a node becomes Idle.
-    work_waiting: Callable[[], bool] = lambda: False
+    # The scheduler: whether work waits that this node may take, and a nudge when a node
+    # becomes Idle.
+    work_waiting: Callable[[UUID], bool] = lambda node_id: False
     fleet_size: Callable[[], int] = lambda: 1
     node_idle: Callable[[], None] = lambda: None
     # Told every committed status change (the ProgressHub's admin topic); must not block.
@@ -92,6 +94,10 @@ class NodeActor:
     _idle_beats: dict[UUID, int] = attrs.Factory(dict)
     last_sample: HealthSample | None = None
     deadline: float = math.inf
+    # When (trio time) the node was last handed work, and how long its last finished piece of
+    # work took from then: a node on short work heartbeats sooner.
+    handed_at: float | None = None
+    last_work_sec: float | None = None
 
     @classmethod
     async def run(
@@ -187,8 +193,8 @@ class NodeActor:
             case Unassign(work_id=work_id, succeeded=succeeded):
                 await self._unassign(work_id, succeeded)
                 answer(message.reply, None)
-            case RecordCrash(report=report, action=action):
-                answer(message.reply, await self._record_crash(report, action))
+            case RecordCrash(report=report, action=action, policy=policy):
+                answer(message.reply, await self._record_crash(report, action, policy))
             case Patch(patch=patch):
                 await self._patch(patch)
                 answer(message.reply, None)
@@ -211,8 +217,17 @@ class NodeActor:
             sample = attrs.evolve(sample, status=status)
         self.last_sample = sample
         self.deps.samples.submit(self.last_sample)
-        waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting()
-        interval = ns.heartbeat_interval(self.state, waiting, policy, self.deps.fleet_size())
+        waiting = self.state.status is ns.S.IDLE and self.deps.work_waiting(self.node_id)
+        now = trio.current_time()
+        interval = ns.heartbeat_interval(
+            self.state,
+            waiting,
+            policy,
+            self.deps.fleet_size(),
+            work_unacked=any(c.type in WORK_COMMANDS for c in self.commands),
+            handed_work_sec_ago=None if self.handed_at is None else now - self.handed_at,
+            last_work_sec=self.last_work_sec,
+        )
         self.deadline = trio.current_time() + ns.heartbeat_deadline(policy, interval)
         if dropped:
             log.warning(
@@ -269,13 +284,10 @@ class NodeActor:
         if not self.state.schedulable(self.deps.clock()):
             return NodeNotIdle(f"node {self.node_id} is {self.state.status.value}")
         command = NodeCommand(uuid4(), message.type, dict(message.payload))
-
-        async def write(conn: Connection) -> None:
-            await nodes.insert_command(conn, self.node_id, command)
-
-        await self._apply(ns.WorkAssigned(busy=True), write)
+        await self._apply(ns.WorkAssigned(busy=True), with_command=command)
         self.assigned.add(message.work_id)
         self.commands.append(command)
+        self.handed_at = trio.current_time()
         return command
 
     async def _unassign(self, work_id: UUID, succeeded: bool) -> None:
@@ -286,6 +298,8 @@ class NodeActor:
             # Moved or cancelled before the node got it: take the command back.
             await self._withdraw(lambda c: _work_of(c) == str(work_id))
         if succeeded:
+            if self.handed_at is not None:
+                self.last_work_sec = trio.current_time() - self.handed_at
             await self._apply(ns.WorkSucceeded())
         if not self.assigned:
             reported = self.last_sample is not None and self.last_sample.current_job_id is not None
@@ -298,18 +312,34 @@ class NodeActor:
             await nodes.ack_commands(self.deps.db, self.node_id, [c.id for c in gone])
             self.commands = [c for c in self.commands if c not in gone]
 
-    async def _record_crash(self, report: nodes.CrashReport, action: CrashAction) -> CrashOutcome:
+    async def _record_crash(
+        self, report: nodes.CrashReport, action: CrashAction, policy: CrashPolicyQuery | None
+    ) -> CrashOutcome:
         decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
-        async with self.deps.db.transaction() as conn:
-            row = await nodes.record_crash(conn, uuid4(), report, action.value)
-            if row is not None:
-                await nodes.save_state(conn, self.node_id, decision.state)
-        if row is None:
-            existing = await nodes.find_crash(self.deps.db, report)
-            assert existing is not None
-            return CrashOutcome(existing, counted=False)
-        self._set_state(decision.state, "crash reported")
-        return CrashOutcome(row, counted=True)
+        node_id = self.node_id
+
+        async def write(conn: Connection) -> CrashOutcome:
+            # On the asyncio side, one bridge crossing: database calls and pure decisions only.
+            verdict = None
+            stored = action
+            if policy is not None:
+                recent, on_range = await nodes.crash_history(
+                    conn, node_id, policy.range_id, policy.since
+                )
+                verdict = policy.decide(recent, on_range)
+                stored = verdict.action
+            row = await nodes.record_crash(conn, uuid4(), report, stored.value)
+            if row is None:
+                existing = await nodes.find_crash(conn, report)
+                assert existing is not None
+                return CrashOutcome(existing, counted=False)
+            await nodes.save_state(conn, node_id, decision.state)
+            return CrashOutcome(row, counted=True, verdict=verdict)
+
+        outcome = await self.deps.db.atomic(write)
+        if outcome.counted:
+            self._set_state(decision.state, "crash reported")
+        return outcome
 
     async def _patch(self, patch: NodePatch) -> None:
         event = ns.AdminPatch(
@@ -345,10 +375,16 @@ class NodeActor:
         also: Callable[[Connection], Awaitable[Any]] | None = None,
         *,
         force: bool = False,
+        with_command: NodeCommand | None = None,
     ) -> None:
-        """Decide, commit (with ``also`` in the same transaction), then act on the effects."""
+        """Decide, commit (with ``also`` in the same transaction, or ``with_command`` inserted
+        in the same statement), then act on the effects."""
         decision = ns.decide(self.state, event, self.deps.policy())
-        if (
+        if with_command is not None and also is None:
+            await nodes.save_state_with_command(
+                self.deps.db, self.node_id, decision.state, with_command
+            )
+        elif (
             also is not None
             or force
             or (
@@ -356,10 +392,14 @@ class NodeActor:
                 and _persisted(decision.state) != _persisted(self.state)
             )
         ):
-            async with self.deps.db.transaction() as conn:
+
+            async def write(conn: Connection) -> None:
+                # On the asyncio side, one bridge crossing: database calls only.
                 if also is not None:
                     await also(conn)
                 await nodes.save_state(conn, self.node_id, decision.state)
+
+            await self.deps.db.atomic(write)
         self._set_state(decision.state, type(event).__name__)
         for effect in decision.effects:
             await self._perform(effect)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from uuid import UUID
 
 import attrs
 
 from flatrender.actors.mailbox import Reply
 from flatrender.domain import node_status as ns
+from flatrender.domain.crash_policy import CrashVerdict
 from flatrender.domain.model import CommandType, CrashAction, HealthSample, NodeCommand
 from flatrender.persistence import nodes
 
@@ -70,17 +73,30 @@ class Unassign:
 
 
 @attrs.frozen
+class CrashPolicyQuery:
+    """Decide the crash of a range from the node's crash history, read in the transaction
+    that records the crash: ``decide(crashes since `since`, crashes on the range)`` is pure."""
+
+    range_id: UUID
+    since: datetime
+    decide: Callable[[int, int], CrashVerdict]
+
+
+@attrs.frozen
 class RecordCrash:
     report: nodes.CrashReport
     reply: Reply  # -> CrashOutcome
-    # The crash policy's answer, stored with the crash so a repeated report gets the same one.
+    # The crash policy's answer, stored with the crash so a repeated report gets the same one;
+    # with ``policy``, the answer it decides instead.
     action: CrashAction = CrashAction.REASSIGN_WORK
+    policy: CrashPolicyQuery | None = None
 
 
 @attrs.frozen
 class CrashOutcome:
     crash: nodes.CrashRow
     counted: bool  # False: the same report was recorded before
+    verdict: CrashVerdict | None = None  # the policy's, when one was asked and counted
 
 
 @attrs.frozen

@@ -4,8 +4,9 @@ Each round reads what waits (Pending ranges of Rendering jobs, replicas to build
 nodes may take work, from PostgreSQL, where the job and node actors commit their state; the pure
 ``scheduling.match`` pairs them; each pair is offered to the job's actor, which hands the command
 to the node's actor. Rounds run when woken (new work, a node freed) and at least every
-``tick_sec``. It also finds ranges still held by nodes that are Offline (a missed message, a
-daemon restart) and tells their jobs.
+``tick_sec``. It also finds ranges (and replica builds) still held by nodes that are Offline
+(a missed message, an assignment committed just after the node was lost, a daemon restart)
+and tells their jobs.
 """
 
 from __future__ import annotations
@@ -22,26 +23,38 @@ from flatrender.actors import job
 from flatrender.actors.jobs import JobSystem, JobUnknown
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.config import Config
-from flatrender.domain.scheduling import NodeCandidate, WorkItem, match
+from flatrender.domain.pricing import queue_ranks
+from flatrender.domain.scheduling import NodeCandidate, WorkItem, by_job, match, passed_over
 from flatrender.persistence.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 
 log = logging.getLogger("flatrender.scheduler")
+# Jobs offered their share of a round concurrently (each commits on its own connection).
+OFFERS_AT_ONCE = 4
 _SKIPPABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
 
-PENDING_RANGES = """
+# The queue order of ``scheduling.queue_key`` in SQL, so that a LIMIT keeps the head of the
+# queue (an unknown queue sorts last; ``queue_key`` refuses it).
+QUEUE_RANK_SQL = (
+    "CASE j.priority_queue "
+    + " ".join(f"WHEN '{queue}' THEN {rank}" for queue, rank in queue_ranks().items())
+    + " ELSE 1000 END"
+)
+PENDING_RANGES = f"""
 SELECT f.id AS frame_job_id, f.job_id, f.order_value, j.user_id, j.preferred_region,
        j.priority_queue, j.queued_at, p.ae_version, p.template_md5
 FROM frame_jobs f
 JOIN render_jobs j ON j.id = f.job_id
 JOIN catalog_projects p ON p.saved_project_id = j.saved_project_id
 WHERE f.status = 'Pending' AND j.step = 'Rendering'
+ORDER BY {QUEUE_RANK_SQL}, j.queued_at, f.job_id, f.order_value
 LIMIT 2000
 """
-REPLICAS_WANTED = """
+REPLICAS_WANTED = f"""
 SELECT j.id AS job_id, j.user_id, j.preferred_region, j.priority_queue, j.queued_at,
        p.ae_version, p.template_md5
 FROM render_jobs j JOIN catalog_projects p ON p.saved_project_id = j.saved_project_id
 WHERE j.step = 'Preparing' AND j.replica_node_id IS NULL
+ORDER BY {QUEUE_RANK_SQL}, j.queued_at, j.id
 LIMIT 500
 """
 IDLE_NODES = """
@@ -59,8 +72,11 @@ WHERE j.step = 'Rendering' AND f.status IN ('Assigned', 'Rendering') AND f.trim_
 GROUP BY f.job_id ORDER BY left_to_do DESC LIMIT $2
 """
 HELD_BY_OFFLINE = """
-SELECT DISTINCT f.job_id, f.node_id FROM frame_jobs f JOIN nodes n ON n.id = f.node_id
+SELECT f.job_id, f.node_id FROM frame_jobs f JOIN nodes n ON n.id = f.node_id
 WHERE f.status IN ('Assigned', 'Rendering', 'Rendered') AND n.status = 'Offline'
+UNION
+SELECT j.id, j.replica_node_id FROM render_jobs j JOIN nodes n ON n.id = j.replica_node_id
+WHERE j.step = 'Preparing' AND n.status = 'Offline'
 """
 
 
@@ -88,13 +104,18 @@ class Scheduler:
         self.tick_sec = tick_sec
         self.stats = SchedulerStatistics()
         self._wake = trio.Event()
+        self._passed_over: frozenset[UUID] = frozenset()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def work_waiting(self) -> bool:
-        """True while work waits for nodes: idle nodes should heartbeat sooner."""
-        return self.stats.waiting > 0
+    def work_waiting_for(self, node_id: UUID) -> bool:
+        """True while work waits that this idle node may take: it should heartbeat sooner.
+
+        An idle node that the last round passed over (no waiting item may run on it) is not
+        told to hurry: only new work or a node of its kind freeing up changes that.
+        """
+        return self.stats.waiting > 0 and node_id not in self._passed_over
 
     async def run(
         self, *, task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED
@@ -117,12 +138,34 @@ class Scheduler:
         nodes = [_candidate(r) for r in await self.db.fetch(IDLE_NODES)]
         pairs = match(items, nodes)
         dispatched = 0
-        for item, node in pairs:
-            taken = await self._offer(item, node.node_id, item.frame_job_id in replicas)
+        batches = by_job((item, node) for item, node in pairs if item.frame_job_id not in replicas)
+        limiter = trio.CapacityLimiter(OFFERS_AT_ONCE)
+
+        async def offer(job_id: UUID, batch: tuple[tuple[UUID, UUID], ...]) -> None:
+            nonlocal dispatched
+            async with limiter:
+                taken = await self._offer_ranges(job_id, batch)
+            dispatched += taken
+            self.stats.refused += len(batch) - taken
+
+        async def offer_replica(item: WorkItem, node_id: UUID) -> None:
+            nonlocal dispatched
+            async with limiter:
+                taken = await self._offer(item, node_id, True)
             dispatched += taken
             self.stats.refused += not taken
+
+        # Each job gets its share of the round in one message (one commit); jobs and nodes
+        # are distinct across the offers, so they run side by side.
+        async with trio.open_nursery() as nursery:
+            for job_id, batch in batches.items():
+                nursery.start_soon(offer, job_id, batch)
+            for item, node in pairs:
+                if item.frame_job_id in replicas:
+                    nursery.start_soon(offer_replica, item, node.node_id)
         self.stats.dispatched += dispatched
         self.stats.waiting = len(items) - dispatched
+        self._passed_over = passed_over(nodes, pairs)
         idle_left = len(nodes) - len(pairs)
         if idle_left > 0 and self.stats.waiting == 0 and await self._offer_tails(idle_left):
             self.wake()  # the tails are Pending now: the next round hands them out
@@ -141,6 +184,14 @@ class Scheduler:
                 continue
         self.stats.trimmed += trimmed
         return trimmed
+
+    async def _offer_ranges(self, job_id: UUID, batch: tuple[tuple[UUID, UUID], ...]) -> int:
+        """Offer a job its ranges of the round; how many the nodes took."""
+        try:
+            taken = await self.jobs.call(job_id, lambda reply: job.AssignRanges(batch, reply))
+        except (JobUnknown, ActorUnavailable):
+            return 0
+        return len(taken)
 
     async def _offer(self, item: WorkItem, node_id: UUID, replica: bool) -> bool:
         """Offer one pairing to the job's actor; False when the job or the node declined."""

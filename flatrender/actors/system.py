@@ -82,7 +82,7 @@ class ActorSystem:
                 clock=clock,
                 on_lost=self._node_lost,
                 on_dropped=lambda node_id, work: self.jobs.work_dropped(node_id, work),
-                work_waiting=lambda: self.scheduler.work_waiting(),
+                work_waiting=lambda node_id: self.scheduler.work_waiting_for(node_id),
                 fleet_size=lambda: self.fleet.size(),
                 node_idle=lambda: self.scheduler.wake(),
                 status_changed=self.hub.node_changed,

@@ -250,14 +250,41 @@ def _admin_patch(state: NodeState, patch: AdminPatch, policy: NodePolicy) -> Dec
 
 
 def heartbeat_interval(
-    state: NodeState, work_waiting: bool, policy: NodePolicy, fleet_size: int = 1
+    state: NodeState,
+    work_waiting: bool,
+    policy: NodePolicy,
+    fleet_size: int = 1,
+    *,
+    work_unacked: bool = False,
+    handed_work_sec_ago: float | None = None,
+    last_work_sec: float | None = None,
 ) -> int:
-    """Seconds until the node's next heartbeat: shorter while work waits for it, longer when
-    the whole fleet at the normal interval would exceed ``max_heartbeats_per_sec`` (load is
-    shed by asking nodes to call less often, never by letting them time out)."""
-    if work_waiting:
+    """Seconds until this node's next heartbeat.
+
+    Short (``busy_heartbeat_interval_sec``):
+    - for a node just handed work, i.e. holding a work command it has not acknowledged yet:
+      the answer delivering it asks the node back soon;
+    - for a node on short work: its last piece of work took less than a regular interval
+      (``last_work_sec``) and its current one began less than a regular interval ago
+      (``handed_work_sec_ago``): it is likely free again before a regular beat, and its next
+      command waits for its next call. A node on long ranges (or with no history) pays one
+      short beat per piece of work, not one a second;
+    - for an ``Idle`` node while work waits that it may take (``work_waiting`` is about this
+      node, not the fleet).
+    Otherwise the regular interval, longer when the whole fleet at the regular interval would
+    exceed ``max_heartbeats_per_sec`` (load is shed by asking nodes to call less often, never
+    by letting them time out).
+    """
+    regular = policy.heartbeat_interval_sec
+    short_work = (
+        handed_work_sec_ago is not None
+        and last_work_sec is not None
+        and handed_work_sec_ago < regular
+        and last_work_sec < regular
+    )
+    if work_unacked or short_work or (work_waiting and state.status is S.IDLE):
         return policy.busy_heartbeat_interval_sec
-    return shed_interval(policy.heartbeat_interval_sec, fleet_size, policy.max_heartbeats_per_sec)
+    return shed_interval(regular, fleet_size, policy.max_heartbeats_per_sec)
 
 
 def shed_interval(base: int, fleet_size: int, max_rate: float) -> int:

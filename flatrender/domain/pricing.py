@@ -166,6 +166,11 @@ def priority_queue(price_type: str) -> str:
     return price_type
 
 
+def queue_ranks() -> Mapping[str, int]:
+    """Every queue with its position in the service order (what :func:`queue_rank` gives)."""
+    return _QUEUE_RANK
+
+
 def queue_rank(priority_queue: str) -> int:
     """Position of a queue in the service order, 0 first; :class:`ValueError` if unknown."""
     try:

@@ -116,3 +116,23 @@ def match(
         del free[best.node_id]
         pairs.append((item, best))
     return pairs
+
+
+def passed_over(
+    nodes: Iterable[NodeCandidate], pairs: Iterable[tuple[WorkItem, NodeCandidate]]
+) -> frozenset[UUID]:
+    """The idle nodes a matching left without work: no waiting item may run on them (greedy
+    matching skips an item only when no free node is eligible for it)."""
+    taken = {node.node_id for _, node in pairs}
+    return frozenset(n.node_id for n in nodes if n.node_id not in taken)
+
+
+def by_job(
+    pairs: Iterable[tuple[WorkItem, NodeCandidate]],
+) -> dict[UUID, tuple[tuple[UUID, UUID], ...]]:
+    """A round's pairs grouped per job as ``(frame_job_id, node_id)``, each job's in the order
+    given (queue order), the jobs in the order of their first pair."""
+    grouped: dict[UUID, list[tuple[UUID, UUID]]] = {}
+    for item, node in pairs:
+        grouped.setdefault(item.job_id, []).append((item.frame_job_id, node.node_id))
+    return {job_id: tuple(batch) for job_id, batch in grouped.items()}

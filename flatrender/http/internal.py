@@ -268,8 +268,12 @@ class ReplicaReadyIn:
     replica_md5: str | None = None
 
 
-JOB_EXISTS = "SELECT 1 FROM render_jobs WHERE id = $1"
-FRAME_JOB_OF_JOB = "SELECT 1 FROM frame_jobs WHERE id = $1 AND job_id = $2"
+# One round trip for both checks (a node's reports are the hot path).
+JOB_AND_FRAME_JOB = """
+SELECT EXISTS (SELECT 1 FROM render_jobs WHERE id = $1) AS job,
+       $2::uuid IS NULL OR EXISTS (SELECT 1 FROM frame_jobs WHERE id = $2 AND job_id = $1)
+           AS frame_job
+"""
 JOB_ENDED = (
     "SELECT 1 FROM render_jobs WHERE id = $1 AND step IN ('Completed', 'Failed', 'Cancelled')"
 )
@@ -280,10 +284,10 @@ async def existing_job(job_id: str, frame_job_id: UUID | None = None) -> UUID:
         jid = UUID(job_id)
     except ValueError:
         raise not_found("render job", job_id) from None
-    db = state().db
-    if not await db.fetchval(JOB_EXISTS, jid):
+    found = await state().db.fetchrow(JOB_AND_FRAME_JOB, jid, frame_job_id)
+    if not found["job"]:
         raise not_found("render job", jid)
-    if frame_job_id is not None and not await db.fetchval(FRAME_JOB_OF_JOB, frame_job_id, jid):
+    if not found["frame_job"]:
         raise not_found("frame job", frame_job_id)
     return jid
 

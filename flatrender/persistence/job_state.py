@@ -8,6 +8,7 @@ decision is committed whole or not at all (DESIGN §2.1).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -110,6 +111,10 @@ VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
 """
 
 
+# A frame report row: (frame_job_id, frame_number, node_id, file_size_bytes, completed_at).
+FrameReport = tuple[UUID, int, UUID, int | None, datetime | None]
+
+
 def output_key(job_id: UUID, range_id: UUID, output_format: str) -> str:
     if output_format == "png":
         # Only a snapshot's job renders a PNG, and it has the snapshot's id. Each attempt has
@@ -130,7 +135,7 @@ async def save(
     new: js.JobState,
     output_format: str,
     now: datetime,
-    report: tuple[UUID, int, UUID, int | None, datetime | None] | None = None,
+    reports: Sequence[FrameReport] = (),
 ) -> int:
     """Write what changed from ``old`` to ``new``; returns the job row's new revision."""
     new_revision = await conn.fetchval(
@@ -149,11 +154,8 @@ async def save(
     if new_revision is None:
         raise ConcurrentUpdate(f"job {new.job_id} changed under this actor")
     before = {r.id: r for r in old.ranges}
-    for r in new.ranges:
-        if before.get(r.id) == r:
-            continue
-        await conn.execute(
-            UPSERT_RANGE,
+    changed = [
+        (
             r.id,
             new.job_id,
             r.node_id,
@@ -171,6 +173,11 @@ async def save(
             None if r.trim is None else r.trim.original_end,
             None if r.trim is None else r.trim.tail_id,
         )
-    if report is not None:
-        await conn.execute(INSERT_REPORT, *report)
+        for r in new.ranges
+        if before.get(r.id) != r
+    ]
+    if changed:
+        await conn.executemany(UPSERT_RANGE, changed)  # one round trip for them all
+    if reports:
+        await conn.executemany(INSERT_REPORT, reports)
     return int(new_revision)

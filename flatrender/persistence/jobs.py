@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -178,6 +179,15 @@ async def frame_jobs(db: Database | Connection, job_id: UUID) -> list[FrameJobRo
 INSERT_LOG = """
 INSERT INTO job_logs (job_id, level, node_id, message, meta) VALUES ($1, $2, $3, $4, $5)
 """
+
+
+async def log_many(
+    conn: Connection | Database, job_id: UUID, lines: Sequence[tuple[str, str, UUID | None]]
+) -> None:
+    """Several ``(level, message, node_id)`` log lines in one round trip."""
+    await conn.executemany(
+        INSERT_LOG, [(job_id, level, node_id, message, {}) for level, message, node_id in lines]
+    )
 
 
 async def log(

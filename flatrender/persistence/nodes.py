@@ -157,6 +157,39 @@ WHERE id = $1
 """
 
 
+# The state and a new command in one statement (a data-modifying WITH always runs): the hot
+# path of handing a node work, one round trip with no BEGIN/COMMIT of its own.
+SAVE_STATE_WITH_COMMAND = """
+WITH command AS (
+    INSERT INTO node_commands (id, node_id, type, payload) VALUES ($9, $1, $10, $11)
+)
+UPDATE nodes SET status = $2, is_active = $3, accepts_new_jobs = $4, consecutive_failures = $5,
+    lifetime_crash_count = $6, next_maintenance_at = $7, last_maintenance_at = $8,
+    updated_at = now()
+WHERE id = $1
+"""
+
+
+async def save_state_with_command(
+    db: Connection | Database, node_id: UUID, state: NodeState, command: NodeCommand
+) -> None:
+    """:func:`save_state` and :func:`insert_command` together, atomically."""
+    await db.execute(
+        SAVE_STATE_WITH_COMMAND,
+        node_id,
+        state.status.value,
+        state.is_active,
+        state.accepts_new_jobs,
+        state.consecutive_failures,
+        state.lifetime_crash_count,
+        state.next_maintenance_at,
+        state.last_maintenance_at,
+        command.id,
+        command.type.value,
+        _stored_payload(command),
+    )
+
+
 async def save_state(conn: Connection | Database, node_id: UUID, state: NodeState) -> None:
     await conn.execute(
         SAVE_STATE,
@@ -242,9 +275,14 @@ RETURNING id
 
 
 async def insert_command(conn: Connection | Database, node_id: UUID, command: NodeCommand) -> None:
+    await conn.execute(
+        INSERT_COMMAND, command.id, node_id, command.type.value, _stored_payload(command)
+    )
+
+
+def _stored_payload(command: NodeCommand) -> Any:
     # Round-trip through JSON so what is stored is exactly what the node will read.
-    payload = json.loads(json.dumps(command.payload, default=str))
-    await conn.execute(INSERT_COMMAND, command.id, node_id, command.type.value, payload)
+    return json.loads(json.dumps(command.payload, default=str))
 
 
 async def pending_commands(db: Database, node_id: UUID) -> list[NodeCommand]:
@@ -305,7 +343,13 @@ INSERT INTO node_crashes (id, node_id, render_job_id, frame_job_id, last_known_f
     crash_signal, ae_version, error_log, log_file_url, recovery_action)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (node_id, frame_job_id, last_known_frame) DO NOTHING
-RETURNING id
+RETURNING *
+"""
+# What the crash policy needs to know of a node's past crashes (before this one is recorded).
+CRASH_HISTORY = """
+SELECT count(*) FILTER (WHERE crashed_at > $3) AS recent,
+       count(*) FILTER (WHERE frame_job_id = $2) AS on_range
+FROM node_crashes WHERE node_id = $1
 """
 FIND_CRASH = """
 SELECT * FROM node_crashes
@@ -322,7 +366,7 @@ async def record_crash(
     conn: Connection, crash_id: UUID, report: CrashReport, action: str
 ) -> CrashRow | None:
     """Insert the crash; None when this exact report was recorded before (a retry)."""
-    inserted = await conn.fetchval(
+    inserted = await conn.fetchrow(
         INSERT_CRASH,
         crash_id,
         report.node_id,
@@ -335,9 +379,15 @@ async def record_crash(
         report.log_file_url,
         action,
     )
-    if inserted is None:
-        return None
-    return await find_crash(conn, report)
+    return None if inserted is None else _crash(inserted)
+
+
+async def crash_history(
+    conn: Connection | Database, node_id: UUID, range_id: UUID, since: datetime
+) -> tuple[int, int]:
+    """The node's crashes since ``since``, and its crashes on the range (any time)."""
+    row = await conn.fetchrow(CRASH_HISTORY, node_id, range_id, since)
+    return int(row["recent"]), int(row["on_range"])
 
 
 async def find_crash(conn: Connection | Database, report: CrashReport) -> CrashRow | None:

@@ -93,7 +93,7 @@ async def lookup(
     db: Database, saved_project_id: UUID, scene_key: str, frame_number: int
 ) -> Lookup | None:
     """None when the project does not exist."""
-    r = await db.fetchrow_hot(LOOKUP, saved_project_id, scene_key, frame_number)
+    r = await db.fetchrow(LOOKUP, saved_project_id, scene_key, frame_number)
     if r is None:
         return None
     return Lookup(

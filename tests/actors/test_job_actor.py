@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import pytest
 import trio
 
@@ -186,3 +187,46 @@ async def test_concurrent_cancels_answer_the_same_refund_and_refund_once(
         "SELECT amount_minor FROM ledger_entries WHERE job_id = $1 AND kind = 'refund'", job_id
     )
     assert [r["amount_minor"] for r in refunds] == [PRICE]
+
+
+async def test_a_batch_of_ranges_is_committed_once_and_skips_a_node_that_refuses(
+    db: Database, actor_system: ActorSystem, nursery: trio.Nursery, tokens: Tokens
+) -> None:
+    from flatrender.actors import node
+    from flatrender.domain.model import CommandType
+    from tests.actors.test_node_actor import heartbeat, register
+
+    willing, unwilling = await register(actor_system, "n1"), await register(actor_system, "n2")
+    for node_id in (willing, unwilling):
+        await heartbeat(actor_system, node_id)
+    job_id = await rendering_job(db, tokens.user_id)
+    inbox = await start_actor(nursery, actor_system, job_id)  # not the scheduler's to offer
+    first, second = (await inspect(inbox)).ranges[:2]  # two idle nodes: two ranges planned
+    await actor_system.fleet.call(
+        unwilling, lambda r: node.Patch(node.NodePatch(accepts_new_jobs=False), r)
+    )
+    revision = await db.fetchval("SELECT revision FROM render_jobs WHERE id = $1", job_id)
+
+    pairs = ((first.id, willing), (second.id, unwilling))
+    taken = await answer_of(queue(inbox, lambda r: job.AssignRanges(pairs, r)))
+
+    assert taken == frozenset({first.id})
+    state = await inspect(inbox)
+    assert state.range(first.id) == attrs.evolve(
+        first, status=js.RangeStatus.ASSIGNED, node_id=willing
+    )
+    assert state.range(second.id) == second  # still Pending: the next round offers it again
+    rows = await db.fetch("SELECT id, status, node_id FROM frame_jobs WHERE job_id = $1", job_id)
+    assert {r["id"]: (r["status"], r["node_id"]) for r in rows} == {
+        first.id: ("Assigned", willing),
+        second.id: ("Pending", None),
+    }
+    assert (
+        await db.fetchval("SELECT revision FROM render_jobs WHERE id = $1", job_id) == revision + 1
+    )  # one commit for the batch
+    view: node.NodeView = await actor_system.fleet.call(willing, node.Inspect)
+    assert [(c.type, c.payload["frame_job_id"]) for c in view.commands] == [
+        (CommandType.RENDER_FRAMES, str(first.id))
+    ]
+    unwilling_view: node.NodeView = await actor_system.fleet.call(unwilling, node.Inspect)
+    assert unwilling_view.commands == ()

@@ -294,3 +294,59 @@ async def test_work_moved_before_delivery_takes_its_command_back(
     answer = await heartbeat(actor_system, node_id)
     assert answer.commands == ()
     assert await status(actor_system, node_id) is NodeStatus.IDLE
+
+
+async def test_a_node_just_handed_work_beats_sooner_until_it_acknowledges_the_command(
+    actor_system: ActorSystem,
+) -> None:
+    node_id = await register(actor_system)
+    assert (await heartbeat(actor_system, node_id)).next_heartbeat_in_sec == 5  # nothing waits
+    work = uuid4()
+    command = await actor_system.fleet.call(
+        node_id, lambda r: node.Assign(work, CommandType.RENDER_FRAMES, {"frame_job_id": "x"}, r)
+    )
+    answer = await heartbeat(actor_system, node_id)  # delivers the command: a short range may
+    assert answer.next_heartbeat_in_sec == 1  # end before a regular beat
+    # Acknowledged and still rendering: a long range, the regular beat again.
+    acked = await heartbeat(actor_system, node_id, job=work, acked=(command.id,))
+    assert acked.next_heartbeat_in_sec == 5
+
+
+async def test_an_idle_node_beats_sooner_only_while_work_waits_that_it_may_take(
+    actor_system: ActorSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node_id = await register(actor_system)
+    other = await register(actor_system, "n2")
+    await heartbeat(actor_system, node_id)
+    await heartbeat(actor_system, other)
+    # Work waits, and the last round found nothing that may run on ``other``.
+    monkeypatch.setattr(actor_system.scheduler, "work_waiting_for", lambda n: n != other)
+    assert (await heartbeat(actor_system, node_id)).next_heartbeat_in_sec == 1
+    assert (await heartbeat(actor_system, other)).next_heartbeat_in_sec == 5
+
+
+async def test_a_node_whose_last_work_was_short_beats_sooner_while_busy_with_the_next(
+    actor_system: ActorSystem, mock_clock: trio.testing.MockClock
+) -> None:
+    node_id = await register(actor_system)
+    await heartbeat(actor_system, node_id)
+
+    async def give() -> tuple[UUID, UUID]:
+        work = uuid4()
+        command = await actor_system.fleet.call(
+            node_id,
+            lambda r: node.Assign(work, CommandType.RENDER_FRAMES, {"frame_job_id": "x"}, r),
+        )
+        return work, command.id
+
+    first, command = await give()
+    acked = await heartbeat(actor_system, node_id, job=first, acked=(command,))
+    assert acked.next_heartbeat_in_sec == 5  # no history: its work may be long
+    mock_clock.jump(2)
+    await actor_system.fleet.call(node_id, lambda r: node.Unassign(first, True, r))
+    await heartbeat(actor_system, node_id)  # done with it: Idle
+    second, command = await give()  # its last range took 2 s
+    acked = await heartbeat(actor_system, node_id, job=second, acked=(command,))
+    assert acked.next_heartbeat_in_sec == 1
+    mock_clock.jump(5)  # this one outlasts a regular interval: the regular beat
+    assert (await heartbeat(actor_system, node_id, job=second)).next_heartbeat_in_sec == 5

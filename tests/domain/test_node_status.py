@@ -200,6 +200,35 @@ def test_heartbeat_interval_shortens_while_work_waits() -> None:
     assert heartbeat_interval(state(S.IDLE), True, policy) == 1
 
 
+def test_heartbeat_interval_is_short_for_a_node_just_handed_work_even_busy() -> None:
+    policy = NodePolicy(heartbeat_interval_sec=5, busy_heartbeat_interval_sec=1)
+    busy = state(S.BUSY)
+    assert heartbeat_interval(busy, False, policy, work_unacked=True) == 1
+    # Acknowledged, and nothing says its work is short: the regular beat.
+    assert heartbeat_interval(busy, False, policy) == 5
+    assert heartbeat_interval(busy, False, policy, handed_work_sec_ago=0.5) == 5
+
+
+def test_a_node_on_short_work_beats_sooner_while_its_current_work_is_young() -> None:
+    policy = NodePolicy(heartbeat_interval_sec=5, busy_heartbeat_interval_sec=1)
+    busy = state(S.BUSY)
+
+    def interval(ago: float, last: float | None) -> int:
+        return heartbeat_interval(busy, False, policy, handed_work_sec_ago=ago, last_work_sec=last)
+
+    assert interval(0.5, 2.0) == 1  # its last range took 2 s: likely free before 5 s
+    assert interval(4.9, 2.0) == 1
+    assert interval(5.0, 2.0) == 5  # older than a regular interval: this one is long
+    assert interval(0.5, 8.0) == 5  # it renders long ranges: one short beat per range only
+    assert interval(0.5, None) == 5
+
+
+def test_waiting_work_shortens_only_an_idle_nodes_interval() -> None:
+    policy = NodePolicy(heartbeat_interval_sec=5, busy_heartbeat_interval_sec=1)
+    assert heartbeat_interval(state(S.BUSY), True, policy) == 5
+    assert heartbeat_interval(state(S.IDLE), True, policy) == 1
+
+
 def test_heartbeat_interval_lengthens_when_the_fleet_would_exceed_the_rate_budget() -> None:
     policy = NodePolicy(heartbeat_interval_sec=5, max_heartbeats_per_sec=1000)
     assert heartbeat_interval(state(S.IDLE), False, policy, fleet_size=5000) == 5

@@ -10,9 +10,11 @@ import pytest
 from flatrender.domain.scheduling import (
     NodeCandidate,
     WorkItem,
+    by_job,
     eligible,
     match,
     node_score,
+    passed_over,
     queue_key,
 )
 
@@ -196,3 +198,27 @@ def test_match_dedicated_node_waits_for_its_owner_behind_other_users() -> None:
 
 def test_match_nothing_without_nodes() -> None:
     assert match([item()], []) == []
+
+
+# ------------------------------------------------------------------ a round's batches
+
+
+def test_by_job_groups_a_rounds_pairs_per_job_in_queue_order() -> None:
+    job_a, job_b = UUID(int=101), UUID(int=102)
+    a0 = item(1, job_id=job_a, frame_job_id=UUID(int=201), order_value=0)
+    a1 = item(2, job_id=job_a, frame_job_id=UUID(int=202), order_value=1)
+    b0 = item(3, job_id=job_b, frame_job_id=UUID(int=203), order_value=0)
+    pairs = match([b0, a1, a0], [node(1), node(2), node(3)])
+    batches = by_job(pairs)
+    assert list(batches) == [job_a, job_b]  # queue order: same queued_at, then job_id
+    assert [r for r, _ in batches[job_a]] == [a0.frame_job_id, a1.frame_job_id]
+    assert [r for r, _ in batches[job_b]] == [b0.frame_job_id]
+    taken = [n for batch in batches.values() for _, n in batch]
+    assert sorted(taken) == sorted(n.node_id for _, n in pairs)
+
+
+def test_passed_over_is_the_idle_nodes_no_waiting_item_may_run_on() -> None:
+    old_ae = node(2, ae_versions=frozenset({"2022"}))
+    pairs = match([item(1), item(2)], [node(1), old_ae])
+    assert passed_over([node(1), old_ae], pairs) == frozenset({old_ae.node_id})
+    assert passed_over([node(1)], match([item(1)], [node(1)])) == frozenset()
