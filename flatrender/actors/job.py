@@ -306,6 +306,10 @@ class JobActor(JobEffects):
         rows: list[job_state.FrameReport] = []
         accepted: list[bool] = []
         for message in reports:
+            if self.state.range(message.range_id) is None:
+                # Not this job's range: refused (the HTTP layer answers 404 for it) unlogged.
+                accepted.append(False)
+                continue
             event = js.FrameReported(message.range_id, message.node_id, message.frame)
             decision = js.decide(state, event, policy)
             if decision.outcome is js.Outcome.UNCHANGED:
