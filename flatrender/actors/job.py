@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import trio
 
 from flatrender.actors import node
@@ -434,21 +435,28 @@ class JobActor(JobEffects):
                 node_restart_after=cfg.nodes.crash_restart_after,
             )
 
-        # The node's actor reads the history, decides and records the crash in one commit.
+        state, policy = self.state, self._policy()
+
+        async def decide_and_write(conn: Connection, verdict: CrashVerdict) -> _Joined:
+            # In the node's transaction, while this actor waits for it: pure, then database.
+            decision = js.decide(state, js.CrashDecided(r.id, report.node_id, verdict), policy)
+            write = self._write_of(decision)
+            return _Joined(decision, self.revision if write is None else await write(conn))
+
+        # One commit: the node's actor reads its history, decides, records the crash and its
+        # own state, and writes this job's decision in the same transaction.
         since = self.deps.clock() - timedelta(seconds=cfg.nodes.crash_window_sec)
-        query = node.CrashPolicyQuery(r.id, since, verdict_of)
+        query = node.CrashPolicyQuery(r.id, since, verdict_of, then=decide_and_write)
         outcome: node.CrashOutcome = await self.deps.fleet.call(
             report.node_id, lambda r_: node.RecordCrash(report, r_, policy=query)
         )
         if not outcome.counted or outcome.verdict is None:
             answer(reply, CrashAnswer(CrashAction(outcome.crash.recovery_action)))
             return
-        verdict = outcome.verdict
-        decision = js.decide(
-            self.state, js.CrashDecided(r.id, report.node_id, verdict), self._policy()
-        )
-        result = None if decision.fenced else CrashAnswer(verdict.action)
-        await self._commit(decision, on_committed=lambda: answer(reply, result))
+        assert isinstance(outcome.joined, _Joined)
+        decision, self.revision = outcome.joined.decision, outcome.joined.revision
+        result = None if decision.fenced else CrashAnswer(outcome.verdict.action)
+        await self._committed(decision, on_committed=lambda: answer(reply, result))
 
     async def _validated(self, range_id: UUID, check: OutputCheck) -> None:
         async def preview(conn: Connection) -> None:
@@ -475,6 +483,14 @@ class JobActor(JobEffects):
             await exports.record(conn, row, export, self.deps.clock(), timedelta(days=days))
 
         await self._apply(js.ExportRecorded(export.export_id), also=record)
+
+
+@attrs.frozen
+class _Joined:
+    """A crash's decision, committed in the node's transaction, and the job's new revision."""
+
+    decision: js.Decision
+    revision: int
 
 
 def _order(r: js.RangeState) -> int:

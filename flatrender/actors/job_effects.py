@@ -94,8 +94,24 @@ class JobEffects:
     ) -> None:
         """Commit the decision whole, then call ``on_committed`` (answer the caller), then
         perform the effects that are messages."""
+        write = self._write_of(decision, also=also, reports=reports)
+        if write is not None:
+            self.revision = await self.deps.db.atomic(write)
+        await self._committed(decision, on_committed=on_committed, also=also)
+
+    def _write_of(
+        self,
+        decision: js.Decision,
+        *,
+        also: Callable[[Connection], Awaitable[None]] | None = None,
+        reports: Sequence[job_state.FrameReport] = (),
+    ) -> Callable[[Connection], Awaitable[int]] | None:
+        """The transaction body that commits ``decision`` (it returns the job's new revision),
+        or None when there is nothing to write. It may run inside another actor's transaction
+        while this actor waits for it (a crash: the node's record and the job's decision
+        commit together), so it reads this actor's state now, not when it runs."""
         old, new = self.state, decision.state
-        notify = self.row.tell_me_when_done and new.terminal and not old.terminal
+        notify = self._notifies(old, new)
         if old != new or decision.effects or also is not None or reports:
             now = self.deps.clock()
             revision = self.revision
@@ -122,7 +138,23 @@ class JobEffects:
                     )
                 return saved
 
-            self.revision = await self.deps.db.atomic(write)
+            return write
+        return None
+
+    def _notifies(self, old: js.JobState, new: js.JobState) -> bool:
+        return self.row.tell_me_when_done and new.terminal and not old.terminal
+
+    async def _committed(
+        self,
+        decision: js.Decision,
+        *,
+        on_committed: Callable[[], None] | None = None,
+        also: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
+        """After ``decision`` committed: take its state, call ``on_committed``, tell the
+        Notifier and the live progress, then perform the effects that are messages."""
+        old, new = self.state, decision.state
+        notify = self._notifies(old, new)
         self.state = new
         if on_committed is not None:
             on_committed()

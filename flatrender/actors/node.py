@@ -314,7 +314,7 @@ class NodeActor:
 
     async def _record_crash(
         self, report: nodes.CrashReport, action: CrashAction, policy: CrashPolicyQuery | None
-    ) -> CrashOutcome:
+    ) -> CrashOutcome | Exception:
         decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
         node_id = self.node_id
 
@@ -334,9 +334,19 @@ class NodeActor:
                 assert existing is not None
                 return CrashOutcome(existing, counted=False)
             await nodes.save_state(conn, node_id, decision.state)
-            return CrashOutcome(row, counted=True, verdict=verdict)
+            joined = None
+            if policy is not None and policy.then is not None and verdict is not None:
+                joined = await policy.then(conn, verdict)
+            return CrashOutcome(row, counted=True, verdict=verdict, joined=joined)
 
-        outcome = await self.deps.db.atomic(write)
+        try:
+            outcome = await self.deps.db.atomic(write)
+        except Exception as e:
+            if policy is None or policy.then is None:
+                raise
+            # The joint transaction rolled back and this node's state is unchanged: the job's
+            # actor (whose write may be what failed) gets the error, this actor carries on.
+            return e
         if outcome.counted:
             self._set_state(decision.state, "crash reported")
         return outcome
