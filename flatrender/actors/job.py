@@ -73,6 +73,8 @@ class JobActor(JobEffects):
         actor = cls(deps, loaded[0], loaded[1], send)
         async with trio.open_nursery() as nursery:
             actor._nursery = nursery
+            actor._out_task = True
+            nursery.start_soon(actor._send_out)
             task_status.started(send)
             await actor._resume()
             await actor._serve(recv)
@@ -142,12 +144,17 @@ class JobActor(JobEffects):
                     reports, held = _gather_reports(message, inbox)
                     await self._serve_reports(reports)
                     continue
+                if not isinstance(message, CrashReported):
+                    # Crash and frame reports (answered right after their commit) need not wait
+                    # for the messages earlier decisions send to nodes; the rest sees them sent.
+                    await self._drain()
                 try:
                     await self._dispatch(message)
                 except BaseException:
                     if message.reply is not None:
                         fail(message.reply)
                     raise
+            await self._drain()
             await self._release_all_nodes()
         finally:
             # Messages that queued behind the last one would otherwise be dropped unanswered
@@ -336,7 +343,10 @@ class JobActor(JobEffects):
                 answer(message.reply, ok)
 
         await self._commit(
-            js.Decision(state, tuple(effects)), reports=rows, on_committed=answer_all
+            js.Decision(state, tuple(effects)),
+            reports=rows,
+            on_committed=answer_all,
+            wait_out=False,
         )
 
     async def _replica_ready(self, message: ReplicaReady) -> bool:
@@ -456,7 +466,7 @@ class JobActor(JobEffects):
         assert isinstance(outcome.joined, _Joined)
         decision, self.revision = outcome.joined.decision, outcome.joined.revision
         result = None if decision.fenced else CrashAnswer(outcome.verdict.action)
-        await self._committed(decision, on_committed=lambda: answer(reply, result))
+        await self._committed(decision, on_committed=lambda: answer(reply, result), wait_out=False)
 
     async def _validated(self, range_id: UUID, check: OutputCheck) -> None:
         async def preview(conn: Connection) -> None:

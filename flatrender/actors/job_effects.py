@@ -8,7 +8,9 @@ Validation and merging run as background tasks of the actor and come back as mes
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -70,6 +72,15 @@ class JobEffects:
         # When each range's first frame came in (trio time): its holder's pace, for trims.
         self._first_frame_at: dict[UUID, float] = {}
         self.preview_b64 = row.image_preview_b64
+        # Messages to nodes that a committed decision sends (release, cancel, trim), sent in
+        # order by the outbox task so that a crash or frame report right behind the decision
+        # is served meanwhile; every other message waits until they are out (_drain).
+        self._out_send, self._out_recv = trio.open_memory_channel[Callable[[], Awaitable[None]]](
+            math.inf
+        )
+        self._out_pending = 0
+        self._out_idle = trio.Event()
+        self._out_idle.set()
         self._publish()
 
     # ------------------------------------------------------------------ deciding and committing
@@ -91,13 +102,14 @@ class JobEffects:
         also: Callable[[Connection], Awaitable[None]] | None = None,
         reports: Sequence[job_state.FrameReport] = (),
         on_committed: Callable[[], None] | None = None,
+        wait_out: bool = True,
     ) -> None:
         """Commit the decision whole, then call ``on_committed`` (answer the caller), then
-        perform the effects that are messages."""
+        perform the effects that are messages (see :meth:`_committed` for ``wait_out``)."""
         write = self._write_of(decision, also=also, reports=reports)
         if write is not None:
             self.revision = await self.deps.db.atomic(write)
-        await self._committed(decision, on_committed=on_committed, also=also)
+        await self._committed(decision, on_committed=on_committed, also=also, wait_out=wait_out)
 
     def _write_of(
         self,
@@ -150,9 +162,12 @@ class JobEffects:
         *,
         on_committed: Callable[[], None] | None = None,
         also: Callable[[Connection], Awaitable[None]] | None = None,
+        wait_out: bool = True,
     ) -> None:
         """After ``decision`` committed: take its state, call ``on_committed``, tell the
-        Notifier and the live progress, then perform the effects that are messages."""
+        Notifier and the live progress, then perform the effects that are messages. Messages
+        to nodes go through the outbox; with ``wait_out`` they are sent before this returns
+        (the caller answers after), else the actor serves its next message meanwhile."""
         old, new = self.state, decision.state
         notify = self._notifies(old, new)
         self.state = new
@@ -164,6 +179,8 @@ class JobEffects:
             self._publish()
         for effect in decision.effects:
             await self._perform(effect, old)
+        if wait_out:
+            await self._drain()
 
     def _publish(self) -> None:
         """Live progress (WebSocket and ``GET .../progress``) follows every committed state."""
@@ -222,25 +239,25 @@ class JobEffects:
             case js.RequeueRange(failed_range_id=failed):
                 was = old.range(failed)
                 if was is not None and was.node_id is not None:
-                    await self._unassign(was.node_id, failed, succeeded=False)
+                    self._later(self._unassign, was.node_id, failed, succeeded=False)
                 self.deps.wake_scheduler()
             case js.CancelRender(range_id=range_id, node_id=node_id):
                 payload: dict[str, object] = {"job_id": str(job), "frame_job_id": str(range_id)}
-                await self._tell_node(node_id, CommandType.CANCEL_RENDER, payload)
-                await self._unassign(node_id, range_id, succeeded=False)
+                self._later(self._tell_node, node_id, CommandType.CANCEL_RENDER, payload)
+                self._later(self._unassign, node_id, range_id, succeeded=False)
             case js.SendTrimRange(range_id=range_id, node_id=node_id, end_frame=end):
                 trim: dict[str, object] = {
                     "job_id": str(job),
                     "frame_job_id": str(range_id),
                     "end_frame": end,
                 }
-                await self._tell_node(node_id, CommandType.TRIM_RANGE, trim)
+                self._later(self._tell_node, node_id, CommandType.TRIM_RANGE, trim)
             case js.ValidateOutput(range_id=range_id):
                 self._start_validation(range_id)
             case js.NodeSucceeded(node_id=node_id):
                 for r in self.state.current_ranges:
                     if r.node_id == node_id and r.status is js.RangeStatus.VALIDATED:
-                        await self._unassign(node_id, r.id, succeeded=True)
+                        self._later(self._unassign, node_id, r.id, succeeded=True)
             case js.StartMerge(range_ids=ids):
                 self._start_merge(ids)
             case js.AbortMerge():
@@ -266,6 +283,38 @@ class JobEffects:
             log.warning("job %s: superseded snapshot attempts left for expiry: %s", job, e)
 
     # ------------------------------------------------------------------ nodes
+
+    def _later(self, send: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any) -> None:
+        """Queue a message to a node for the outbox task (in order, after the ones queued)."""
+        self._out_pending += 1
+        if self._out_idle.is_set():
+            self._out_idle = trio.Event()
+        self._out_send.send_nowait(functools.partial(send, *args, **kwargs))
+
+    async def _send_out(self) -> None:
+        """The outbox task: send the queued messages to nodes one at a time, in order (whoever
+        starts it sets ``_out_task`` first)."""
+        async for send in self._out_recv:
+            await self._sent(send)
+
+    async def _sent(self, send: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await send()
+        finally:
+            self._out_pending -= 1
+            if self._out_pending == 0:
+                self._out_idle.set()
+
+    async def _drain(self) -> None:
+        """Wait until every message queued for nodes is sent (sent here, with no outbox task:
+        a JobEffects used on its own)."""
+        if not self._out_task:
+            while self._out_pending:
+                await self._sent(self._out_recv.receive_nowait())
+        if self._out_pending:
+            await self._out_idle.wait()
+
+    _out_task = False
 
     async def _give_node(
         self, node_id: UUID, work_id: UUID, kind: CommandType, payload: dict[str, object]
