@@ -3,14 +3,14 @@
 A decision is committed in one transaction (job row, changed ranges, the frame reported, log
 lines, any refund) before the actor answers or tells anyone else (DESIGN §2.1); the effects that
 are messages (node commands, scheduler wake-ups, validation and merge tasks) follow the commit.
-Validation and merging run as background tasks of the actor and come back as messages.
+Validation and merging run as background tasks of the actor and come back as messages. The
+calls to nodes and the outbox that sends a decision's messages to them are
+:mod:`flatrender.actors.job_nodes`'.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,10 +19,10 @@ from uuid import UUID
 import attrs
 import trio
 
-from flatrender.actors import node, snapshot_objects
-from flatrender.actors.fleet import Fleet, NodeUnknown
+from flatrender.actors import snapshot_objects
+from flatrender.actors.fleet import Fleet
 from flatrender.actors.job_messages import _Merged, _Validated
-from flatrender.actors.mailbox import ActorUnavailable
+from flatrender.actors.job_nodes import JobNodes
 from flatrender.actors.merger import MergeFailed, Merger, MergeRequest
 from flatrender.actors.validation import check_output, check_still
 from flatrender.config import Config
@@ -52,7 +52,7 @@ class JobDeps:
     progress: Callable[[ProgressInputs], None] = lambda _: None
 
 
-class JobEffects:
+class JobEffects(JobNodes):
     """The state a JobActor owns and the machinery to commit decisions about it."""
 
     def __init__(
@@ -72,15 +72,7 @@ class JobEffects:
         # When each range's first frame came in (trio time): its holder's pace, for trims.
         self._first_frame_at: dict[UUID, float] = {}
         self.preview_b64 = row.image_preview_b64
-        # Messages to nodes that a committed decision sends (release, cancel, trim), sent in
-        # order by the outbox task so that a crash or frame report right behind the decision
-        # is served meanwhile; every other message waits until they are out (_drain).
-        self._out_send, self._out_recv = trio.open_memory_channel[Callable[[], Awaitable[None]]](
-            math.inf
-        )
-        self._out_pending = 0
-        self._out_idle = trio.Event()
-        self._out_idle.set()
+        self._open_outbox()
         self._publish()
 
     # ------------------------------------------------------------------ deciding and committing
@@ -281,80 +273,6 @@ class JobEffects:
             await snapshot_objects.sweep_superseded(self.deps.store, job, keep)
         except StorageError as e:
             log.warning("job %s: superseded snapshot attempts left for expiry: %s", job, e)
-
-    # ------------------------------------------------------------------ nodes
-
-    def _later(self, send: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any) -> None:
-        """Queue a message to a node for the outbox task (in order, after the ones queued)."""
-        self._out_pending += 1
-        if self._out_idle.is_set():
-            self._out_idle = trio.Event()
-        self._out_send.send_nowait(functools.partial(send, *args, **kwargs))
-
-    async def _send_out(self) -> None:
-        """The outbox task: send the queued messages to nodes one at a time, in order (whoever
-        starts it sets ``_out_task`` first)."""
-        async for send in self._out_recv:
-            await self._sent(send)
-
-    async def _sent(self, send: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await send()
-        finally:
-            self._out_pending -= 1
-            if self._out_pending == 0:
-                self._out_idle.set()
-
-    async def _drain(self) -> None:
-        """Wait until every message queued for nodes is sent (sent here, with no outbox task:
-        a JobEffects used on its own)."""
-        if not self._out_task:
-            while self._out_pending:
-                await self._sent(self._out_recv.receive_nowait())
-        if self._out_pending:
-            await self._out_idle.wait()
-
-    _out_task = False
-
-    async def _give_node(
-        self, node_id: UUID, work_id: UUID, kind: CommandType, payload: dict[str, object]
-    ) -> bool:
-        try:
-            await self.deps.fleet.call(
-                node_id, lambda reply: node.Assign(work_id, kind, payload, reply)
-            )
-        except (node.NodeNotIdle, NodeUnknown, ActorUnavailable):
-            return False
-        return True
-
-    async def _tell_node(
-        self, node_id: UUID, kind: CommandType, payload: dict[str, object]
-    ) -> None:
-        try:
-            await self.deps.fleet.call(node_id, lambda reply: node.Enqueue(kind, payload, reply))
-        except (NodeUnknown, ActorUnavailable) as e:
-            log.warning(
-                "job %s: could not tell node %s to %s: %s",
-                self.state.job_id,
-                node_id,
-                kind.value,
-                e,
-            )
-
-    async def _unassign(self, node_id: UUID, work_id: UUID, *, succeeded: bool) -> None:
-        try:
-            await self.deps.fleet.call(
-                node_id, lambda reply: node.Unassign(work_id, succeeded, reply)
-            )
-        except (NodeUnknown, ActorUnavailable) as e:
-            log.warning("job %s: could not release node %s: %s", self.state.job_id, node_id, e)
-
-    async def _release_all_nodes(self) -> None:
-        for r in self.state.ranges:
-            if r.node_id is not None:
-                await self._unassign(
-                    r.node_id, r.id, succeeded=r.status is js.RangeStatus.VALIDATED
-                )
 
     # ------------------------------------------------------------------ payloads
 
