@@ -6,6 +6,9 @@ transaction before the actor answers or tells anyone else (DESIGN §2.1). Work h
 first accepted by the node's actor (it commits the command and its Busy status), then recorded
 here, so a node is never told about a range this job does not record as its own for longer than
 one crash. Validation and merging run as background tasks of the actor and come back as messages.
+
+Here: start-up and resume, the message loop, assignments, trims and cancels; the handlers of
+what nodes and background tasks report are in :mod:`flatrender.actors.job_reports`.
 """
 
 from __future__ import annotations
@@ -13,15 +16,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 import trio
 
-from flatrender.actors import node
 from flatrender.actors.job_effects import JobDeps as JobDeps
-from flatrender.actors.job_effects import JobEffects
 from flatrender.actors.job_messages import Abort as Abort
 from flatrender.actors.job_messages import AssignRange as AssignRange
 from flatrender.actors.job_messages import AssignRanges as AssignRanges
@@ -37,15 +37,12 @@ from flatrender.actors.job_messages import ReplicaReady as ReplicaReady
 from flatrender.actors.job_messages import ReportFrame as ReportFrame
 from flatrender.actors.job_messages import WorkDropped as WorkDropped
 from flatrender.actors.job_messages import _Merged, _Validated
-from flatrender.actors.mailbox import Reply, answer, fail
-from flatrender.actors.merger import MergedExport
-from flatrender.actors.validation import OutputCheck
+from flatrender.actors.job_reports import JobReports
+from flatrender.actors.mailbox import answer, fail
 from flatrender.domain import job_steps as js
-from flatrender.domain.crash_policy import CrashHistory, CrashVerdict, decide_crash
-from flatrender.domain.model import CommandType, CrashAction
-from flatrender.domain.pricing import retention_days
-from flatrender.domain.splitting import split, trim_point
-from flatrender.persistence import exports, job_state, nodes
+from flatrender.domain.model import CommandType
+from flatrender.domain.splitting import trim_point
+from flatrender.persistence import job_state
 from flatrender.persistence.db import Connection
 
 log = logging.getLogger("flatrender.job")
@@ -55,7 +52,7 @@ INBOX_SIZE = 256
 REPORTS_PER_COMMIT = 64
 
 
-class JobActor(JobEffects):
+class JobActor(JobReports):
     @classmethod
     async def run(
         cls,
@@ -72,6 +69,8 @@ class JobActor(JobEffects):
         actor = cls(deps, loaded[0], loaded[1], send)
         async with trio.open_nursery() as nursery:
             actor._nursery = nursery
+            actor._out_task = True
+            nursery.start_soon(actor._send_out)
             task_status.started(send)
             await actor._resume()
             await actor._serve(recv)
@@ -110,25 +109,6 @@ class JobActor(JobEffects):
         )
         return None if key is None else str(key)
 
-    async def _plan(self) -> tuple[js.RangeState, ...]:
-        cfg = self.deps.config().jobs
-        idle = int(
-            await self.deps.db.fetchval(
-                "SELECT count(*) FROM nodes "
-                "WHERE status = 'Idle' AND is_active AND accepts_new_jobs"
-            )
-        )
-        return tuple(
-            js.RangeState(id=uuid4(), start_frame=a, end_frame=b)
-            for a, b in split(
-                self.state.start_frame,
-                self.state.end_frame,
-                idle_nodes=idle,
-                min_chunk=cfg.min_chunk_frames,
-                max_chunk=cfg.max_chunk_frames,
-            )
-        )
-
     # ------------------------------------------------------------------ the loop
 
     async def _serve(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
@@ -141,12 +121,17 @@ class JobActor(JobEffects):
                     reports, held = _gather_reports(message, inbox)
                     await self._serve_reports(reports)
                     continue
+                if not isinstance(message, CrashReported):
+                    # Crash and frame reports (answered right after their commit) need not wait
+                    # for the messages earlier decisions send to nodes; the rest sees them sent.
+                    await self._drain()
                 try:
                     await self._dispatch(message)
                 except BaseException:
                     if message.reply is not None:
                         fail(message.reply)
                     raise
+            await self._drain()
             await self._release_all_nodes()
         finally:
             # Messages that queued behind the last one would otherwise be dropped unanswered
@@ -297,68 +282,6 @@ class JobActor(JobEffects):
         await self._commit(decision)
         return True
 
-    async def _report_frames(self, reports: list[ReportFrame]) -> None:
-        """Decide each report in turn, commit them all at once, then answer each (False when
-        it is fenced: 409 ``stale_assignment``) before the decisions' other effects run. A
-        repeated report is accepted and writes nothing."""
-        policy = self._policy()
-        state, effects = self.state, list[js.Effect]()
-        rows: list[job_state.FrameReport] = []
-        accepted: list[bool] = []
-        for message in reports:
-            event = js.FrameReported(message.range_id, message.node_id, message.frame)
-            decision = js.decide(state, event, policy)
-            if decision.outcome is js.Outcome.UNCHANGED:
-                accepted.append(True)  # a repeated report: already recorded
-                continue
-            self._first_frame_at.setdefault(message.range_id, trio.current_time())
-            state = decision.state
-            effects.extend(decision.effects)
-            accepted.append(not decision.fenced)
-            if not decision.fenced:
-                rows.append(
-                    (
-                        message.range_id,
-                        message.frame,
-                        message.node_id,
-                        message.file_size_bytes,
-                        message.completed_at,
-                    )
-                )
-
-        def answer_all() -> None:
-            for message, ok in zip(reports, accepted, strict=True):
-                answer(message.reply, ok)
-
-        await self._commit(
-            js.Decision(state, tuple(effects)), reports=rows, on_committed=answer_all
-        )
-
-    async def _replica_ready(self, message: ReplicaReady) -> bool:
-        if (
-            self.state.step is not js.JobStep.PREPARING
-            or self.state.replica_node_id != message.node_id
-        ):
-            return self.state.replica_key == message.replica_key  # a repeat is harmless
-        if await self.deps.store.stat(message.replica_key) is None:
-            return False
-        plan = await self._plan()
-
-        async def record(conn: Connection) -> None:
-            await conn.execute(
-                "INSERT INTO replicas (saved_project_id, project_version, storage_key, md5, "
-                "built_by_node_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                self.row.saved_project_id,
-                self.row.project_version,
-                message.replica_key,
-                message.replica_md5,
-                message.node_id,
-            )
-
-        decision = await self._apply(js.ReplicaBuilt(message.replica_key, plan), also=record)
-        await self._unassign(message.node_id, self.state.job_id, succeeded=True)
-        return not decision.fenced
-
     def _record_cancel_reason(self, reason: str) -> Callable[[Connection], Awaitable[None]]:
         async def record(conn: Connection) -> None:
             await conn.execute(
@@ -400,77 +323,6 @@ class JobActor(JobEffects):
             return 0
         pace = len(r.reported_frames) / max(trio.current_time() - started, 1e-3)
         return math.ceil(pace * self.deps.config().nodes.heartbeat_interval_sec * 2)
-
-    async def _work_dropped(self, node_id: UUID, work_id: UUID) -> None:
-        if work_id == self.state.job_id:
-            await self._apply(js.NodeLost(node_id))  # the replica builder: ask another node
-            return
-        # Like a crash that moves the range: a new attempt elsewhere (or the job fails when
-        # the attempts are spent); a range already rendered is left to its validation.
-        verdict = CrashVerdict(
-            CrashAction.REASSIGN_WORK, True, False, "the node went idle without finishing it"
-        )
-        await self._apply(js.CrashDecided(work_id, node_id, verdict))
-
-    async def _crash(self, report: nodes.CrashReport, reply: Reply) -> None:
-        """Answer a crash report (a CrashAnswer, or None when fenced) as soon as its decision is
-        committed, before the decision's messages to nodes go out (DESIGN 2.1 holds: the answer
-        follows the commit)."""
-        r = self.state.range(report.frame_job_id) if report.frame_job_id else None
-        if r is None or r.node_id != report.node_id:
-            answer(reply, None)
-            return
-        cfg = self.deps.config()
-        attempt = r.attempt
-
-        def verdict_of(recent: int, on_range: int) -> CrashVerdict:
-            return decide_crash(
-                CrashHistory(recent, on_range, attempt),
-                max_attempts=cfg.jobs.max_attempts,
-                node_restart_after=cfg.nodes.crash_restart_after,
-            )
-
-        # The node's actor reads the history, decides and records the crash in one commit.
-        since = self.deps.clock() - timedelta(seconds=cfg.nodes.crash_window_sec)
-        query = node.CrashPolicyQuery(r.id, since, verdict_of)
-        outcome: node.CrashOutcome = await self.deps.fleet.call(
-            report.node_id, lambda r_: node.RecordCrash(report, r_, policy=query)
-        )
-        if not outcome.counted or outcome.verdict is None:
-            answer(reply, CrashAnswer(CrashAction(outcome.crash.recovery_action)))
-            return
-        verdict = outcome.verdict
-        decision = js.decide(
-            self.state, js.CrashDecided(r.id, report.node_id, verdict), self._policy()
-        )
-        result = None if decision.fenced else CrashAnswer(verdict.action)
-        await self._commit(decision, on_committed=lambda: answer(reply, result))
-
-    async def _validated(self, range_id: UUID, check: OutputCheck) -> None:
-        async def preview(conn: Connection) -> None:
-            if check.preview_b64 is not None:
-                await conn.execute(
-                    "UPDATE render_jobs SET image_preview_b64 = $2 WHERE id = $1",
-                    self.state.job_id,
-                    check.preview_b64,
-                )
-                self.preview_b64 = check.preview_b64
-
-        event = js.OutputValidated(range_id, check.ok, check.error, check.width, check.height)
-        await self._apply(event, also=preview)
-
-    async def _merged(self, export: MergedExport | None, error: str | None) -> None:
-        self._merge_scope = None
-        if export is None:
-            await self._apply(js.MergeFailed(error or "unknown merge failure"))
-            return
-        row = self.row
-        days = retention_days(row.price_type, self.deps.config().exports)
-
-        async def record(conn: Connection) -> None:
-            await exports.record(conn, row, export, self.deps.clock(), timedelta(days=days))
-
-        await self._apply(js.ExportRecorded(export.export_id), also=record)
 
 
 def _order(r: js.RangeState) -> int:

@@ -3,7 +3,9 @@
 A decision is committed in one transaction (job row, changed ranges, the frame reported, log
 lines, any refund) before the actor answers or tells anyone else (DESIGN §2.1); the effects that
 are messages (node commands, scheduler wake-ups, validation and merge tasks) follow the commit.
-Validation and merging run as background tasks of the actor and come back as messages.
+Validation and merging run as background tasks of the actor and come back as messages. The
+calls to nodes and the outbox that sends a decision's messages to them are
+:mod:`flatrender.actors.job_nodes`'.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from uuid import UUID
 import attrs
 import trio
 
-from flatrender.actors import node, snapshot_objects
-from flatrender.actors.fleet import Fleet, NodeUnknown
+from flatrender.actors import snapshot_objects
+from flatrender.actors.fleet import Fleet
 from flatrender.actors.job_messages import _Merged, _Validated
-from flatrender.actors.mailbox import ActorUnavailable
+from flatrender.actors.job_nodes import JobNodes
 from flatrender.actors.merger import MergeFailed, Merger, MergeRequest
 from flatrender.actors.validation import check_output, check_still
 from flatrender.config import Config
@@ -50,7 +52,7 @@ class JobDeps:
     progress: Callable[[ProgressInputs], None] = lambda _: None
 
 
-class JobEffects:
+class JobEffects(JobNodes):
     """The state a JobActor owns and the machinery to commit decisions about it."""
 
     def __init__(
@@ -70,6 +72,7 @@ class JobEffects:
         # When each range's first frame came in (trio time): its holder's pace, for trims.
         self._first_frame_at: dict[UUID, float] = {}
         self.preview_b64 = row.image_preview_b64
+        self._open_outbox()
         self._publish()
 
     # ------------------------------------------------------------------ deciding and committing
@@ -91,11 +94,28 @@ class JobEffects:
         also: Callable[[Connection], Awaitable[None]] | None = None,
         reports: Sequence[job_state.FrameReport] = (),
         on_committed: Callable[[], None] | None = None,
+        wait_out: bool = True,
     ) -> None:
         """Commit the decision whole, then call ``on_committed`` (answer the caller), then
-        perform the effects that are messages."""
+        perform the effects that are messages (see :meth:`_committed` for ``wait_out``)."""
+        write = self._write_of(decision, also=also, reports=reports)
+        if write is not None:
+            self.revision = await self.deps.db.atomic(write)
+        await self._committed(decision, on_committed=on_committed, also=also, wait_out=wait_out)
+
+    def _write_of(
+        self,
+        decision: js.Decision,
+        *,
+        also: Callable[[Connection], Awaitable[None]] | None = None,
+        reports: Sequence[job_state.FrameReport] = (),
+    ) -> Callable[[Connection], Awaitable[int]] | None:
+        """The transaction body that commits ``decision`` (it returns the job's new revision),
+        or None when there is nothing to write. It may run inside another actor's transaction
+        while this actor waits for it (a crash: the node's record and the job's decision
+        commit together), so it reads this actor's state now, not when it runs."""
         old, new = self.state, decision.state
-        notify = self.row.tell_me_when_done and new.terminal and not old.terminal
+        notify = self._notifies(old, new)
         if old != new or decision.effects or also is not None or reports:
             now = self.deps.clock()
             revision = self.revision
@@ -122,7 +142,26 @@ class JobEffects:
                     )
                 return saved
 
-            self.revision = await self.deps.db.atomic(write)
+            return write
+        return None
+
+    def _notifies(self, old: js.JobState, new: js.JobState) -> bool:
+        return self.row.tell_me_when_done and new.terminal and not old.terminal
+
+    async def _committed(
+        self,
+        decision: js.Decision,
+        *,
+        on_committed: Callable[[], None] | None = None,
+        also: Callable[[Connection], Awaitable[None]] | None = None,
+        wait_out: bool = True,
+    ) -> None:
+        """After ``decision`` committed: take its state, call ``on_committed``, tell the
+        Notifier and the live progress, then perform the effects that are messages. Messages
+        to nodes go through the outbox; with ``wait_out`` they are sent before this returns
+        (the caller answers after), else the actor serves its next message meanwhile."""
+        old, new = self.state, decision.state
+        notify = self._notifies(old, new)
         self.state = new
         if on_committed is not None:
             on_committed()
@@ -132,6 +171,8 @@ class JobEffects:
             self._publish()
         for effect in decision.effects:
             await self._perform(effect, old)
+        if wait_out:
+            await self._drain()
 
     def _publish(self) -> None:
         """Live progress (WebSocket and ``GET .../progress``) follows every committed state."""
@@ -190,25 +231,25 @@ class JobEffects:
             case js.RequeueRange(failed_range_id=failed):
                 was = old.range(failed)
                 if was is not None and was.node_id is not None:
-                    await self._unassign(was.node_id, failed, succeeded=False)
+                    self._later(self._unassign, was.node_id, failed, succeeded=False)
                 self.deps.wake_scheduler()
             case js.CancelRender(range_id=range_id, node_id=node_id):
                 payload: dict[str, object] = {"job_id": str(job), "frame_job_id": str(range_id)}
-                await self._tell_node(node_id, CommandType.CANCEL_RENDER, payload)
-                await self._unassign(node_id, range_id, succeeded=False)
+                self._later(self._tell_node, node_id, CommandType.CANCEL_RENDER, payload)
+                self._later(self._unassign, node_id, range_id, succeeded=False)
             case js.SendTrimRange(range_id=range_id, node_id=node_id, end_frame=end):
                 trim: dict[str, object] = {
                     "job_id": str(job),
                     "frame_job_id": str(range_id),
                     "end_frame": end,
                 }
-                await self._tell_node(node_id, CommandType.TRIM_RANGE, trim)
+                self._later(self._tell_node, node_id, CommandType.TRIM_RANGE, trim)
             case js.ValidateOutput(range_id=range_id):
                 self._start_validation(range_id)
             case js.NodeSucceeded(node_id=node_id):
                 for r in self.state.current_ranges:
                     if r.node_id == node_id and r.status is js.RangeStatus.VALIDATED:
-                        await self._unassign(node_id, r.id, succeeded=True)
+                        self._later(self._unassign, node_id, r.id, succeeded=True)
             case js.StartMerge(range_ids=ids):
                 self._start_merge(ids)
             case js.AbortMerge():
@@ -232,48 +273,6 @@ class JobEffects:
             await snapshot_objects.sweep_superseded(self.deps.store, job, keep)
         except StorageError as e:
             log.warning("job %s: superseded snapshot attempts left for expiry: %s", job, e)
-
-    # ------------------------------------------------------------------ nodes
-
-    async def _give_node(
-        self, node_id: UUID, work_id: UUID, kind: CommandType, payload: dict[str, object]
-    ) -> bool:
-        try:
-            await self.deps.fleet.call(
-                node_id, lambda reply: node.Assign(work_id, kind, payload, reply)
-            )
-        except (node.NodeNotIdle, NodeUnknown, ActorUnavailable):
-            return False
-        return True
-
-    async def _tell_node(
-        self, node_id: UUID, kind: CommandType, payload: dict[str, object]
-    ) -> None:
-        try:
-            await self.deps.fleet.call(node_id, lambda reply: node.Enqueue(kind, payload, reply))
-        except (NodeUnknown, ActorUnavailable) as e:
-            log.warning(
-                "job %s: could not tell node %s to %s: %s",
-                self.state.job_id,
-                node_id,
-                kind.value,
-                e,
-            )
-
-    async def _unassign(self, node_id: UUID, work_id: UUID, *, succeeded: bool) -> None:
-        try:
-            await self.deps.fleet.call(
-                node_id, lambda reply: node.Unassign(work_id, succeeded, reply)
-            )
-        except (NodeUnknown, ActorUnavailable) as e:
-            log.warning("job %s: could not release node %s: %s", self.state.job_id, node_id, e)
-
-    async def _release_all_nodes(self) -> None:
-        for r in self.state.ranges:
-            if r.node_id is not None:
-                await self._unassign(
-                    r.node_id, r.id, succeeded=r.status is js.RangeStatus.VALIDATED
-                )
 
     # ------------------------------------------------------------------ payloads
 

@@ -3,7 +3,8 @@
 It owns the node's status, its heartbeat deadline and its pending commands. Every change is
 committed to PostgreSQL before the actor answers the message that caused it (DESIGN §2.1).
 Heartbeat measurements go to the HealthWriter in batches, so a heartbeat that changes nothing
-anyone reads costs no write of its own.
+anyone reads costs no write of its own. The bookkeeping of the work the node holds (commands,
+assignments, acknowledgements) is :mod:`flatrender.actors.node_work`'s.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from flatrender.actors.node_messages import Online as Online
 from flatrender.actors.node_messages import Patch as Patch
 from flatrender.actors.node_messages import RecordCrash as RecordCrash
 from flatrender.actors.node_messages import Unassign as Unassign
+from flatrender.actors.node_work import DROP_AFTER_IDLE_BEATS as DROP_AFTER_IDLE_BEATS
+from flatrender.actors.node_work import WORK_COMMANDS as WORK_COMMANDS
+from flatrender.actors.node_work import NodeWork
 from flatrender.domain import node_status as ns
 from flatrender.domain.model import CommandType, CrashAction, HealthSample, NodeCommand
 from flatrender.persistence import nodes
@@ -43,10 +47,6 @@ from flatrender.persistence.db import Connection, Database
 log = logging.getLogger("flatrender.node")
 
 INBOX_SIZE = 64
-# Commands that hand the node work (the others are instructions about work or the node).
-WORK_COMMANDS = (CommandType.RENDER_FRAMES, CommandType.PREPARE_REPLICA)
-# Heartbeats in a row with no job in hand after which delivered work counts as dropped.
-DROP_AFTER_IDLE_BEATS = 3
 
 
 async def _nothing() -> None:
@@ -82,7 +82,7 @@ class NodeDeps:
 
 
 @attrs.define
-class NodeActor:
+class NodeActor(NodeWork):
     node_id: UUID
     deps: NodeDeps
     state: ns.NodeState
@@ -236,85 +236,9 @@ class NodeActor:
             await self.deps.on_dropped(self.node_id, dropped)
         return HeartbeatAnswer(interval, tuple(self.commands))
 
-    def _dropped_work(self, sample: HealthSample) -> list[UUID]:
-        """Work the node no longer has: it reports no job in hand for DROP_AFTER_IDLE_BEATS
-        heartbeats in a row although the work's command was delivered and acknowledged (an
-        upload that kept failing, an agent error). Such work leaves ``assigned`` here; its
-        job requeues it. Work whose command still waits for the node is never counted."""
-        if sample.current_job_id is not None:
-            self._idle_beats.clear()
-            return []
-        undelivered = {_work_of(c) for c in self.commands if c.type in WORK_COMMANDS}
-        dropped = []
-        for work in list(self.assigned):
-            if str(work) in undelivered:
-                continue
-            beats = self._idle_beats.get(work, 0) + 1
-            self._idle_beats[work] = beats
-            if beats >= DROP_AFTER_IDLE_BEATS:
-                dropped.append(work)
-                self.assigned.discard(work)
-                del self._idle_beats[work]
-        return dropped
-
-    async def _ack(self, ids: tuple[UUID, ...]) -> None:
-        wanted = set(ids) & {c.id for c in self.commands}
-        if not wanted:
-            return  # duplicate or stale acks are harmless
-        await nodes.ack_commands(self.deps.db, self.node_id, sorted(wanted))
-        self.commands = [c for c in self.commands if c.id not in wanted]
-
-    async def _enqueue(self, message: Enqueue) -> NodeCommand | NodeNotIdle:
-        command = NodeCommand(uuid4(), message.type, dict(message.payload))
-
-        async def write(conn: Connection) -> None:
-            await nodes.insert_command(conn, self.node_id, command)
-
-        if message.type is CommandType.UPDATE_SOFTWARE:
-            if not self.state.schedulable(self.deps.clock()):
-                return NodeNotIdle(f"node {self.node_id} is {self.state.status.value}")
-            await self._apply(ns.UpdateSent(self.deps.clock()), write, force=True)
-        else:
-            await nodes.insert_command(self.deps.db, self.node_id, command)
-        self.commands.append(command)
-        log.info("node %s: queued %s %s", self.node_id, command.type.value, command.id)
-        return command
-
-    async def _assign(self, message: Assign) -> NodeCommand | NodeNotIdle:
-        if not self.state.schedulable(self.deps.clock()):
-            return NodeNotIdle(f"node {self.node_id} is {self.state.status.value}")
-        command = NodeCommand(uuid4(), message.type, dict(message.payload))
-        await self._apply(ns.WorkAssigned(busy=True), with_command=command)
-        self.assigned.add(message.work_id)
-        self.commands.append(command)
-        self.handed_at = trio.current_time()
-        return command
-
-    async def _unassign(self, work_id: UUID, succeeded: bool) -> None:
-        if work_id not in self.assigned:
-            return  # already released (node lost, restarted, or a repeated message)
-        self.assigned.discard(work_id)
-        if not succeeded:
-            # Moved or cancelled before the node got it: take the command back.
-            await self._withdraw(lambda c: _work_of(c) == str(work_id))
-        if succeeded:
-            if self.handed_at is not None:
-                self.last_work_sec = trio.current_time() - self.handed_at
-            await self._apply(ns.WorkSucceeded())
-        if not self.assigned:
-            reported = self.last_sample is not None and self.last_sample.current_job_id is not None
-            await self._apply(ns.WorkAssigned(busy=reported))
-
-    async def _withdraw(self, which: Callable[[NodeCommand], bool]) -> None:
-        """Take back commands not yet acknowledged (recorded as acknowledged: never delivered)."""
-        gone = [c for c in self.commands if c.type in WORK_COMMANDS and which(c)]
-        if gone:
-            await nodes.ack_commands(self.deps.db, self.node_id, [c.id for c in gone])
-            self.commands = [c for c in self.commands if c not in gone]
-
     async def _record_crash(
         self, report: nodes.CrashReport, action: CrashAction, policy: CrashPolicyQuery | None
-    ) -> CrashOutcome:
+    ) -> CrashOutcome | Exception:
         decision = ns.decide(self.state, ns.CrashCounted(self.deps.clock()), self.deps.policy())
         node_id = self.node_id
 
@@ -334,9 +258,19 @@ class NodeActor:
                 assert existing is not None
                 return CrashOutcome(existing, counted=False)
             await nodes.save_state(conn, node_id, decision.state)
-            return CrashOutcome(row, counted=True, verdict=verdict)
+            joined = None
+            if policy is not None and policy.then is not None and verdict is not None:
+                joined = await policy.then(conn, verdict)
+            return CrashOutcome(row, counted=True, verdict=verdict, joined=joined)
 
-        outcome = await self.deps.db.atomic(write)
+        try:
+            outcome = await self.deps.db.atomic(write)
+        except Exception as e:
+            if policy is None or policy.then is None:
+                raise
+            # The joint transaction rolled back and this node's state is unchanged: the job's
+            # actor (whose write may be what failed) gets the error, this actor carries on.
+            return e
         if outcome.counted:
             self._set_state(decision.state, "crash reported")
         return outcome
@@ -431,11 +365,6 @@ class NodeActor:
                 await nodes.insert_command(self.deps.db, self.node_id, command)
                 self.commands.append(command)
                 log.info("node %s came back with stale work: Release queued", self.node_id)
-
-
-def _work_of(command: NodeCommand) -> str:
-    """The work a RenderFrames (its range) or PrepareReplica (its job) command carries."""
-    return str(command.payload.get("frame_job_id") or command.payload.get("job_id"))
 
 
 def _persisted(state: ns.NodeState) -> ns.NodeState:

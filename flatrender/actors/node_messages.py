@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import attrs
@@ -80,6 +81,10 @@ class CrashPolicyQuery:
     range_id: UUID
     since: datetime
     decide: Callable[[int, int], CrashVerdict]
+    # The job's decision on the verdict, written in the same transaction (its result comes
+    # back as ``CrashOutcome.joined``): the crash, the node's state and the job's decision
+    # commit together. Database calls and pure decisions only (it runs on the asyncio side).
+    then: Callable[[Any, CrashVerdict], Awaitable[object]] | None = None
 
 
 @attrs.frozen
@@ -97,6 +102,7 @@ class CrashOutcome:
     crash: nodes.CrashRow
     counted: bool  # False: the same report was recorded before
     verdict: CrashVerdict | None = None  # the policy's, when one was asked and counted
+    joined: object = None  # what the policy's ``then`` returned, when it ran
 
 
 @attrs.frozen

@@ -230,3 +230,83 @@ async def test_a_batch_of_ranges_is_committed_once_and_skips_a_node_that_refuses
     ]
     unwilling_view: node.NodeView = await actor_system.fleet.call(unwilling, node.Inspect)
     assert unwilling_view.commands == ()
+
+
+async def crashing_node(
+    db: Database, actor_system: ActorSystem, nursery: trio.Nursery, tokens: Tokens
+) -> tuple[UUID, trio.MemorySendChannel[Any], js.RangeState, UUID]:
+    """A job's actor (the test's own) whose first range is held by an idle node."""
+    from tests.actors.test_node_actor import heartbeat, register
+
+    node_id = await register(actor_system, "n1")
+    await heartbeat(actor_system, node_id)
+    job_id = await rendering_job(db, tokens.user_id)
+    inbox = await start_actor(nursery, actor_system, job_id)
+    first = (await inspect(inbox)).ranges[0]
+    assert await answer_of(queue(inbox, lambda r: job.AssignRange(first.id, node_id, r)))
+    return job_id, inbox, first, node_id
+
+
+def crash_of(node_id: UUID, job_id: UUID, range_id: UUID) -> Any:
+    from flatrender.persistence import nodes
+
+    report = nodes.CrashReport(node_id, job_id, range_id, 3, "SIGSEGV", "2024", "boom", "")
+    return lambda r: job.CrashReported(report, r)
+
+
+async def test_a_crash_and_its_decision_commit_together_once(
+    db: Database, actor_system: ActorSystem, nursery: trio.Nursery, tokens: Tokens
+) -> None:
+    from flatrender.domain.model import CrashAction
+
+    job_id, inbox, first, node_id = await crashing_node(db, actor_system, nursery, tokens)
+    revision = await db.fetchval("SELECT revision FROM render_jobs WHERE id = $1", job_id)
+
+    answer = await answer_of(queue(inbox, crash_of(node_id, job_id, first.id)))
+    again = await answer_of(queue(inbox, crash_of(node_id, job_id, first.id)))  # a retry
+
+    assert answer == again == job.CrashAnswer(CrashAction.RESET_AND_RESTART)
+    assert (await inspect(inbox)).repair_attempts == 1
+    job_row = await db.fetchrow(
+        "SELECT revision, repair_attempts FROM render_jobs WHERE id = $1", job_id
+    )
+    assert (job_row["revision"], job_row["repair_attempts"]) == (revision + 1, 1)
+    node_row = await db.fetchrow(
+        "SELECT lifetime_crash_count, consecutive_failures FROM nodes WHERE id = $1", node_id
+    )
+    assert tuple(node_row) == (1, 1)
+    assert await db.fetchval("SELECT count(*) FROM node_crashes WHERE node_id = $1", node_id) == 1
+
+
+async def test_a_crash_whose_job_write_fails_is_not_counted_and_the_node_carries_on(
+    db: Database, actor_system: ActorSystem, nursery: trio.Nursery, tokens: Tokens
+) -> None:
+    from flatrender.actors import node
+    from flatrender.domain.model import NodeStatus
+
+    job_id, inbox, first, node_id = await crashing_node(db, actor_system, nursery, tokens)
+    # Another writer moved the job's row on: the job's part of the joint transaction fails.
+    await db.execute("UPDATE render_jobs SET revision = revision + 10 WHERE id = $1", job_id)
+
+    with pytest.raises(trio.EndOfChannel):  # the job's actor crashed (it is restarted)
+        await answer_of(queue(inbox, crash_of(node_id, job_id, first.id)))
+
+    assert await db.fetchval("SELECT count(*) FROM node_crashes WHERE node_id = $1", node_id) == 0
+    assert await db.fetchval("SELECT lifetime_crash_count FROM nodes WHERE id = $1", node_id) == 0
+    view: node.NodeView = await actor_system.fleet.call(node_id, node.Inspect)  # still serving
+    assert view.state.lifetime_crash_count == 0
+    assert view.state.status is NodeStatus.BUSY
+
+
+async def test_a_frame_report_on_a_range_not_the_jobs_is_refused_unlogged(
+    db: Database, actor_system: ActorSystem, nursery: trio.Nursery, tokens: Tokens
+) -> None:
+    job_id = await rendering_job(db, tokens.user_id)
+    inbox = await start_actor(nursery, actor_system, job_id)
+    await inspect(inbox)
+
+    refused = queue(inbox, lambda r: job.ReportFrame(uuid4(), uuid4(), 0, 1, None, r))
+
+    assert await answer_of(refused) is False  # the HTTP layer answers 404 for it
+    logged = await db.fetch("SELECT message FROM job_logs WHERE job_id = $1", job_id)
+    assert not [r for r in logged if "stale report" in r["message"]]
