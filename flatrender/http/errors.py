@@ -53,6 +53,16 @@ def conflict(code: str, message: str, **details: Any) -> ApiError:
     return ApiError(409, code, message, details)
 
 
+def insufficient_balance(what: str, balance_minor: int, price_minor: int) -> ApiError:
+    """402 when the balance does not cover the price of ``what`` (nothing was written)."""
+    return ApiError(
+        402,
+        "insufficient_balance",
+        f"the balance does not cover the price of {what}",
+        {"balance_minor": balance_minor, "price_minor": price_minor},
+    )
+
+
 def unprocessable(message: str, errors: list[dict[str, str]]) -> ApiError:
     return ApiError(422, "validation_failed", message, {"errors": errors})
 

@@ -25,7 +25,13 @@ from flatrender.domain.pricing import extension_price
 from flatrender.http.auth import acting_user, require_owner
 from flatrender.http.codec import dump
 from flatrender.http.common import body, caller, page_from_query, path_uuid, state
-from flatrender.http.errors import ApiError, conflict, not_found, unprocessable
+from flatrender.http.errors import (
+    ApiError,
+    conflict,
+    insufficient_balance,
+    not_found,
+    unprocessable,
+)
 from flatrender.persistence import exports
 
 bp = Blueprint("exports", __name__)
@@ -116,12 +122,7 @@ async def extend(export_id: str) -> dict[str, Any]:
                 auto_delete_date=dump(done.auto_delete_date),
             )
         case ExtensionVerdict.INSUFFICIENT_BALANCE:
-            raise ApiError(
-                402,
-                "insufficient_balance",
-                "the balance does not cover the price of this extension",
-                {"balance_minor": done.balance_minor, "price_minor": price},
-            )
+            raise insufficient_balance("this extension", done.balance_minor, price)
 
 
 @bp.get("/v1/exports/<export_id>/download-url")

@@ -23,7 +23,13 @@ from flatrender.domain.catalog import Project
 from flatrender.http.auth import acting_user, require_owner
 from flatrender.http.codec import dump
 from flatrender.http.common import body, caller, page_from_query, path_uuid, state
-from flatrender.http.errors import ApiError, conflict, not_found, unprocessable
+from flatrender.http.errors import (
+    ApiError,
+    conflict,
+    insufficient_balance,
+    not_found,
+    unprocessable,
+)
 from flatrender.persistence import catalog, jobs, ledger
 from flatrender.persistence.db import Connection
 
@@ -209,12 +215,7 @@ async def charge_and_insert(new: jobs.NewJob, quote: pricing.PriceQuote) -> jobs
                 "discount_code_used", "this discount code was already used", discount_code=code
             )
         if balance < price:
-            raise ApiError(
-                402,
-                "insufficient_balance",
-                "the balance does not cover the price of this render",
-                {"balance_minor": balance, "price_minor": price},
-            )
+            raise insufficient_balance("this render", balance, price)
         row = await jobs.insert_job(conn, new)
         await _record_charge(conn, row, quote)
     return row

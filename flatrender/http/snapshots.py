@@ -32,7 +32,7 @@ from flatrender.domain import snapshots as snap
 from flatrender.http.auth import acting_user, require_owner
 from flatrender.http.codec import dump
 from flatrender.http.common import body, caller, path_uuid, state
-from flatrender.http.errors import ApiError, not_found, unprocessable
+from flatrender.http.errors import ApiError, insufficient_balance, not_found, unprocessable
 from flatrender.persistence import jobs, ledger
 from flatrender.persistence import snapshots as snapshot_db
 from flatrender.persistence.snapshots import SnapshotRow
@@ -147,12 +147,7 @@ async def _create(
             return row, False
         price = quote.total_minor
         if balance < price:
-            raise ApiError(
-                402,
-                "insufficient_balance",
-                "the balance does not cover the price of this snapshot",
-                {"balance_minor": balance, "price_minor": price},
-            )
+            raise insufficient_balance("this snapshot", balance, price)
         job = await jobs.insert_job(conn, _job(new, found, price))
         if price > 0:
             await ledger.append(conn, user_id, "charge", -price, job_id=job.id, note="snapshot")
