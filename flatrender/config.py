@@ -7,9 +7,11 @@ separated by commas. A bad file or value raises :class:`ConfigError` with one li
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,13 @@ from typing import Any
 import attrs
 
 ENV_PREFIX = "FLATRENDER_"
+
+# Secrets below these lengths are refused at start and on reload: a short HMAC key (JWTs, node
+# secrets) can be searched, a short bearer token guessed (RFC 7518 §3.2 asks 32 bytes of HS256).
+MIN_SECRET_BYTES = 32
+MIN_SERVICE_TOKEN_CHARS = 24
+# The S3 signature v4 limit on a presigned url's lifetime.
+MAX_PRESIGN_TTL_SEC = 7 * 24 * 3600
 
 
 class ConfigError(Exception):
@@ -61,6 +70,9 @@ class AuthConfig:
     node_master_key: str = ""
     # A node signature whose timestamp is further than this from now is refused.
     signature_max_skew_sec: int = 300
+    # When set, a user JWT must carry this ``aud`` / ``iss`` (``flatrender token`` adds them).
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
 
 
 @attrs.frozen
@@ -225,37 +237,67 @@ class Config:
         return config
 
     def validate(self) -> None:
-        """Cross-field checks that no single value can carry."""
-        if not 0 <= self.http.port < 65536:  # 0: any free port (tests)
-            raise ConfigError(f"[http] port: {self.http.port} is not a TCP port")
-        if self.nodes.heartbeat_interval_sec <= 0:
-            raise ConfigError("[nodes] heartbeat_interval_sec: must be positive")
+        """Every check a value can fail, alone or with others: start-up and reload run the same."""
+        for section, key, low, high in RANGES:
+            value = getattr(getattr(self, section), key)
+            if not low <= value <= high:
+                raise ConfigError(f"[{section}] {key}: {value} is outside {low}..{high}")
+        for section, key in MAPPINGS_OF_FACTORS:
+            for name, value in getattr(getattr(self, section), key).items():
+                if value < 0:
+                    raise ConfigError(f"[{section}] {key}.{name}: {value} is negative")
+        for code, percent in self.pricing.discount_codes.items():
+            if not 0 < percent <= 100:
+                raise ConfigError(f"[pricing] discount_codes.{code}: {percent} is outside (0, 100]")
+        for name, days in self.exports.retention_days.items():
+            if days < 1:
+                raise ConfigError(f"[exports] retention_days.{name}: {days} is less than a day")
         if self.nodes.heartbeat_timeout_sec <= self.nodes.heartbeat_interval_sec:
             raise ConfigError(
                 "[nodes] heartbeat_timeout_sec: must be longer than heartbeat_interval_sec"
             )
-        if self.jobs.min_chunk_frames < 1:
-            raise ConfigError("[jobs] min_chunk_frames: must be at least 1")
-        if self.jobs.max_attempts < 1:
-            raise ConfigError("[jobs] max_attempts: must be at least 1")
-        if not 0 < self.updates.stage1_fraction <= 1:
-            raise ConfigError("[updates] stage1_fraction: must be in (0, 1]")
-        if self.updates.tick_sec <= 0 or self.updates.crash_rate_factor <= 0:
-            raise ConfigError("[updates] tick_sec and crash_rate_factor: must be positive")
+        if self.nodes.busy_heartbeat_interval_sec > self.nodes.heartbeat_interval_sec:
+            raise ConfigError(
+                "[nodes] busy_heartbeat_interval_sec: must not exceed heartbeat_interval_sec"
+            )
+        if self.jobs.max_chunk_frames < self.jobs.min_chunk_frames:
+            raise ConfigError("[jobs] max_chunk_frames: must be at least min_chunk_frames")
+        if self.database.pool_max < self.database.pool_min:
+            raise ConfigError("[database] pool_max: must be at least pool_min")
+        if self.notify.retry_max_sec < self.notify.retry_base_sec:
+            raise ConfigError("[notify] retry_max_sec: must be at least retry_base_sec")
         if self.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"[log] level: unknown level {self.log.level!r}")
-        notify = self.notify
-        if min(notify.timeout_sec, notify.poll_interval_sec, notify.retry_base_sec) <= 0:
-            raise ConfigError(
-                "[notify] timeout_sec, poll_interval_sec and retry_base_sec: must be positive"
-            )
-        if notify.webhook_url and not notify.webhook_url.startswith(("http://", "https://")):
-            raise ConfigError("[notify] webhook_url: must be an http:// or https:// url")
+        for section, key, url in (
+            ("notify", "webhook_url", self.notify.webhook_url),
+            ("http", "public_url", self.http.public_url),
+        ):
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"[{section}] {key}: must be an http:// or https:// url")
         if len(self.s3.bucket) < 3:
             raise ConfigError("[s3] bucket: needs at least 3 characters")
+        s3_address(self.s3)
+        self._validate_secrets()
+
+    def _validate_secrets(self) -> None:
+        """Secrets that are set must be strong enough; whether they must be set is
+        :meth:`require_secrets`'s business (``dev`` generates its own)."""
+        for key, value in (
+            ("jwt_secret", self.auth.jwt_secret),
+            ("node_master_key", self.auth.node_master_key),
+        ):
+            if value and len(value.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(f"[auth] {key}: must be at least {MIN_SECRET_BYTES} bytes")
+        for index, token in enumerate(self.auth.service_tokens):
+            where = f"[auth] service_tokens[{index}]"
+            if len(token) < MIN_SERVICE_TOKEN_CHARS:
+                raise ConfigError(f"{where}: must be at least {MIN_SERVICE_TOKEN_CHARS} characters")
+            if any(c.isspace() or c == "\0" for c in token):
+                raise ConfigError(f"{where}: must not hold whitespace or NUL")
 
     def require_secrets(self) -> None:
-        """``serve`` needs real secrets; ``dev`` generates its own."""
+        """``serve`` needs real secrets (checked at start and on every reload); ``dev``
+        generates its own."""
         for key, value in (
             ("[auth] jwt_secret", self.auth.jwt_secret),
             ("[auth] node_master_key", self.auth.node_master_key),
@@ -264,8 +306,13 @@ class Config:
         ):
             if not value:
                 raise ConfigError(f"{key}: must be set")
-        if len(self.auth.jwt_secret.encode()) < 32:
-            raise ConfigError("[auth] jwt_secret: must be at least 32 bytes (RFC 7518 §3.2)")
+
+    @classmethod
+    def load_for_serve(cls, path: Path | str | None) -> Config:
+        """What ``serve`` runs with, at start and on SIGHUP alike: loaded, validated, complete."""
+        config = cls.load(path)
+        config.require_secrets()
+        return config
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as plain data with every secret masked, for logs."""
@@ -275,6 +322,88 @@ class Config:
             if value:
                 data[section][key] = ["***"] * len(value) if isinstance(value, tuple) else "***"
         return data
+
+
+_DAY = 24 * 3600
+# (section, key, lowest, highest) of every number, both ends allowed. A value outside makes no
+# sense (a zero timeout, a negative price) or would overflow what it feeds (a column, a timer).
+# Floats that must be positive start at a millisecond's worth. tests/test_config.py checks that
+# every numeric key is listed here.
+RANGES: tuple[tuple[str, str, float, float], ...] = (
+    ("http", "port", 0, 65535),  # 0: any free port (tests)
+    ("http", "grace_sec", 0, 3600),
+    ("database", "pool_min", 0, 1000),
+    ("database", "pool_max", 1, 1000),
+    ("s3", "presign_ttl_sec", 1, MAX_PRESIGN_TTL_SEC),
+    ("s3", "max_threads", 1, 256),
+    ("auth", "signature_max_skew_sec", 1, 3600),
+    ("nodes", "heartbeat_interval_sec", 1, 3600),
+    ("nodes", "heartbeat_timeout_sec", 2, _DAY),
+    ("nodes", "busy_heartbeat_interval_sec", 1, 3600),
+    ("nodes", "max_consecutive_failures", 1, 1000),
+    ("nodes", "crash_window_sec", 1, 30 * _DAY),
+    ("nodes", "max_heartbeats_per_sec", 0, 1_000_000),  # 0: no load shedding
+    ("nodes", "crash_restart_after", 1, 1000),
+    ("nodes", "health_retention_days", 1, 3650),
+    ("jobs", "min_chunk_frames", 1, 1_000_000),
+    ("jobs", "max_attempts", 1, 100),
+    ("jobs", "trim_min_tail_frames", 0, 1_000_000),
+    ("jobs", "max_chunk_frames", 1, 1_000_000),
+    ("jobs", "trim_margin_frames", 0, 1_000_000),
+    ("jobs", "segment_grace_hours", 0, 24 * 3650),
+    ("jobs", "replica_grace_days", 0, 3650),
+    ("pricing", "base_per_second_minor", 0, 1_000_000_000),
+    ("pricing", "fps60_factor", 0, 1000),
+    ("pricing", "support_tip_minor", 0, 1_000_000_000),
+    ("pricing", "export_extend_per_day_minor", 0, 1_000_000_000),
+    ("exports", "default_retention_days", 1, 3650),
+    ("exports", "download_url_ttl_sec", 1, MAX_PRESIGN_TTL_SEC),
+    ("exports", "reap_batch_size", 1, 100_000),
+    ("snapshots", "expiry_hours", 1, 24 * 3650),
+    ("snapshots", "render_timeout_sec", 0.001, 30 * _DAY),
+    ("notify", "max_attempts", 1, 1000),
+    ("notify", "timeout_sec", 0.001, 3600),
+    ("notify", "poll_interval_sec", 0.001, 3600),
+    ("notify", "retry_base_sec", 0.001, _DAY),
+    ("notify", "retry_max_sec", 0.001, 30 * _DAY),
+    ("updates", "stage1_fraction", 0.001, 1),
+    ("updates", "observe_sec", 0, 30 * _DAY),
+    ("updates", "crash_rate_factor", 0.001, 1000),
+    ("updates", "min_crash_rate_per_hour", 0, 1_000_000),
+    ("updates", "min_crashes", 0, 1_000_000),
+    ("updates", "confirm_timeout_sec", 1, 30 * _DAY),
+    ("updates", "tick_sec", 0.001, 3600),
+)
+# Tables of multipliers: none may be negative (a negative price, a refund on submit).
+MAPPINGS_OF_FACTORS = (
+    ("pricing", "quality_factor"),
+    ("pricing", "resolution_factor"),
+    ("pricing", "price_type_factor"),
+)
+
+
+def s3_address(s3: S3Config) -> tuple[str, bool]:
+    """``[s3] endpoint`` as the minio client takes it, ``host[:port]``, and whether to use TLS.
+
+    Accepts ``host:port`` (TLS from ``[s3] secure``) or an ``http://`` / ``https://`` url, whose
+    scheme decides; a url's path, query or credentials are refused (the bucket is its own key).
+    """
+    endpoint = s3.endpoint.strip()
+    scheme, has_scheme, _ = endpoint.partition("://")
+    try:
+        url = urllib.parse.urlsplit(endpoint if has_scheme else "//" + endpoint)
+        _ = url.port  # a port that is not a number raises
+    except ValueError as e:
+        raise ConfigError(f"[s3] endpoint: {endpoint!r} is not host:port or a url: {e}") from None
+    if has_scheme and scheme not in ("http", "https"):
+        raise ConfigError(f"[s3] endpoint: scheme {scheme!r}, expected http or https")
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise ConfigError(f"[s3] endpoint: {endpoint!r} has a path or query; give only the server")
+    if url.username is not None or (endpoint and not url.hostname):
+        raise ConfigError(
+            "[s3] endpoint: must name a host, without credentials (access_key, secret_key)"
+        )
+    return url.netloc, scheme == "https" if has_scheme else s3.secure
 
 
 _SECRET_KEYS = (
@@ -320,7 +449,7 @@ def _from_toml(where: str, hint: Any, value: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _finite(where, float(value))
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -338,7 +467,7 @@ def _from_toml(where: str, hint: Any, value: Any) -> Any:
         for k, v in value.items():
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise ConfigError(f"{where}.{k}: expected a number, got {v!r}")
-            out[str(k)] = float(v)
+            out[str(k)] = _finite(f"{where}.{k}", float(v))
         return out
     raise ConfigError(f"{where}: unsupported type {hint!r}")  # pragma: no cover
 
@@ -355,7 +484,7 @@ def _from_env(where: str, env_name: str, hint: Any, text: str) -> Any:
         if hint is int:
             return int(text)
         if hint is float:
-            return float(text)
+            return _finite(where, float(text))
         if hint is str:
             return text
         if typing.get_origin(hint) is tuple:
@@ -375,5 +504,14 @@ def _parse_pairs(text: str) -> dict[str, float]:
         key, sep, value = part.partition("=")
         if not sep:
             raise ValueError(part)
-        out[key.strip()] = float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(part)
+        out[key.strip()] = number
     return out
+
+
+def _finite(where: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: {value} is not a finite number")
+    return value

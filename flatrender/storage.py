@@ -9,6 +9,7 @@ Errors, for the HTTP layer and the actors:
 - :class:`StorageUnavailable`: the server cannot be reached, timed out, or answered 5xx/429.
   Retry later; the HTTP layer answers 503.
 - :class:`ObjectNotFound`: the key does not exist (``get_bytes``, ``download_file``).
+- :class:`ObjectTooLarge`: ``download_file`` met more than its ``max_bytes``.
 - :class:`StorageError`: the base class; raised as such for anything else the server refused
   (wrong credentials, missing bucket, ...), i.e. a configuration problem.
 
@@ -34,12 +35,13 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from flatrender.config import S3Config
+from flatrender.config import MAX_PRESIGN_TTL_SEC, S3Config, s3_address
 
 T = TypeVar("T")
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-MAX_PRESIGN_TTL_SEC = 7 * 24 * 3600  # the S3 signature v4 limit
+# Bytes read from the server at a time when streaming an object to a file.
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 @attrs.frozen
@@ -68,6 +70,15 @@ class ObjectNotFound(StorageError):
         self.key = key
 
 
+class ObjectTooLarge(StorageError):
+    """The object holds more than the caller would take; nothing is left at the target path."""
+
+    def __init__(self, key: str, max_bytes: int) -> None:
+        super().__init__(f"object {key!r} holds more than {max_bytes} bytes")
+        self.key = key
+        self.max_bytes = max_bytes
+
+
 class ObjectStore(Protocol):
     """What the program needs from object storage; keys are bucket-relative (``renders/...``)."""
 
@@ -85,8 +96,11 @@ class ObjectStore(Protocol):
     async def get_bytes(self, key: str) -> bytes:
         """The whole object; :class:`ObjectNotFound` when missing. For small objects only."""
 
-    async def download_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        """Write the object to ``path`` (replaced atomically); :class:`ObjectNotFound`."""
+    async def download_file(
+        self, key: str, path: str | os.PathLike[str], max_bytes: int | None = None
+    ) -> None:
+        """Stream the object to ``path`` (replaced atomically); :class:`ObjectNotFound`, and
+        :class:`ObjectTooLarge` once more than ``max_bytes`` arrived (the download stops)."""
 
     async def stat(self, key: str) -> ObjectInfo | None:
         """Size, etag and content type, or None when missing."""
@@ -162,7 +176,8 @@ class MinioStore:
         if not config.endpoint:
             raise ValueError("[s3] endpoint is empty")
         self.bucket = config.bucket
-        self.endpoint = config.endpoint
+        self.endpoint, self._secure = s3_address(config)
+        self._region = config.region or "us-east-1"
         self.default_ttl_sec = config.presign_ttl_sec
         self._limiter = trio.CapacityLimiter(max(1, config.max_threads))
         self._http = urllib3.PoolManager(
@@ -180,15 +195,25 @@ class MinioStore:
                 status_forcelist=(500, 502, 503, 504),
             ),
         )
+        self._client = self._new_client(config)
+
+    def _new_client(self, config: S3Config) -> Minio:
         # A fixed region: presigning then never asks the server for the bucket's location.
-        self._client = Minio(
-            config.endpoint,
+        return Minio(
+            self.endpoint,
             access_key=config.access_key or None,
             secret_key=config.secret_key or None,
-            secure=config.secure,
-            region=config.region or "us-east-1",
+            secure=self._secure,
+            region=self._region,
             http_client=self._http,
         )
+
+    def reconfigure(self, config: S3Config) -> None:
+        """Take new credentials and presign lifetime, for a reload: the store is the same object
+        wherever it is held, calls already running finish with the client they started with.
+        The server, bucket, region and thread count stay (see ``RESTART_ONLY`` in daemon.py)."""
+        self._client = self._new_client(config)
+        self.default_ttl_sec = config.presign_ttl_sec
 
     def __repr__(self) -> str:
         return f"MinioStore(endpoint={self.endpoint!r}, bucket={self.bucket!r})"
@@ -258,10 +283,30 @@ class MinioStore:
             response.close()
             response.release_conn()
 
-    async def download_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        await self._run(
-            functools.partial(self._client.fget_object, self.bucket, key, os.fspath(path)), key
-        )
+    async def download_file(
+        self, key: str, path: str | os.PathLike[str], max_bytes: int | None = None
+    ) -> None:
+        download = functools.partial(self._download_sync, key, os.fspath(path), max_bytes)
+        await self._run(download, key)
+
+    def _download_sync(self, key: str, path: str, max_bytes: int | None) -> None:
+        """Chunks to ``<path>.part``, renamed once whole; memory holds one chunk."""
+        part = f"{path}.part"
+        response = self._client.get_object(self.bucket, key)
+        try:
+            with open(part, "wb") as out:
+                written = 0
+                for chunk in response.stream(DOWNLOAD_CHUNK_BYTES):
+                    written += len(chunk)
+                    if max_bytes is not None and written > max_bytes:
+                        raise ObjectTooLarge(key, max_bytes)
+                    out.write(chunk)
+            os.replace(part, path)
+        finally:
+            response.close()
+            response.release_conn()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
 
     async def stat(self, key: str) -> ObjectInfo | None:
         try:

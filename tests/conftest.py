@@ -29,8 +29,8 @@ from tests.helpers import Tokens
 
 TEMPLATE_DB = "flatrender_template"
 JWT_SECRET = "test-jwt-secret-0123456789-abcdefghij"
-SERVICE_TOKEN = "svc-test-token"
-NODE_MASTER_KEY = "test-node-master-key"
+SERVICE_TOKEN = "svc-test-token-0123456789abcdef"
+NODE_MASTER_KEY = "test-node-master-key-0123456789abcdef"
 
 _db_names = itertools.count()
 

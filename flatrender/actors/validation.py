@@ -1,6 +1,8 @@
 """Validation of a range's uploaded output (DESIGN §4): it exists and holds exactly the range.
 
-The object is downloaded and its container header probed in a worker thread; nothing is decoded
+The object's size is looked at first (a range's output above :data:`MAX_SEGMENT_BYTES` is a
+failed attempt, never downloaded), then it is streamed to a temporary file under the same cap and
+its container header probed in a worker thread; nothing is decoded
 but a snapshot's PNG (:func:`check_still`), which is decoded whole and gets its thumbnail here,
 once its size in bytes and the width and height in its header are known to be within bounds.
 A truncated or mismatched file is a failed attempt, rendered again.
@@ -17,7 +19,11 @@ import trio
 
 from flatrender import media
 from flatrender.domain import snapshots as snap
-from flatrender.storage import ObjectNotFound, ObjectStore
+from flatrender.storage import ObjectNotFound, ObjectStore, ObjectTooLarge
+
+# Far above an honest range (at most [jobs] max_chunk_frames frames, Lossless at 4K), and what
+# one validation may put in the temporary folder.
+MAX_SEGMENT_BYTES = 8 * 1024**3
 
 
 @attrs.frozen
@@ -33,14 +39,23 @@ class OutputCheck:
 _THREADS = trio.CapacityLimiter(4)
 
 
-async def check_output(store: ObjectStore, key: str, expected_frames: int) -> OutputCheck:
+async def check_output(
+    store: ObjectStore, key: str, expected_frames: int, max_bytes: int = MAX_SEGMENT_BYTES
+) -> OutputCheck:
     """Never raises for a bad file (that is a failed attempt); StorageUnavailable propagates."""
+    stored = await store.stat(key)
+    if stored is None:
+        return OutputCheck(False, f"output {key} was never uploaded")
+    if stored.size > max_bytes:
+        return OutputCheck(False, f"output {key} is {stored.size} bytes, more than {max_bytes}")
     with tempfile.TemporaryDirectory(prefix="flatrender-validate-") as folder:
         path = Path(folder) / Path(key).name
         try:
-            await store.download_file(key, path)
+            await store.download_file(key, path, max_bytes)
         except ObjectNotFound:
             return OutputCheck(False, f"output {key} was never uploaded")
+        except ObjectTooLarge:  # replaced since the stat
+            return OutputCheck(False, f"output {key} is more than {max_bytes} bytes")
         try:
             info = await trio.to_thread.run_sync(media.probe_video, path, limiter=_THREADS)
             preview = await trio.to_thread.run_sync(media.preview_png_b64, path, limiter=_THREADS)
@@ -82,10 +97,10 @@ async def check_still(
     with tempfile.TemporaryDirectory(prefix="flatrender-validate-") as folder:
         path = Path(folder) / Path(key).name
         try:
-            await store.download_file(key, path)
+            await store.download_file(key, path, limits.max_bytes)
         except ObjectNotFound:
             return OutputCheck(False, f"output {key} was never uploaded")
-        if path.stat().st_size > limits.max_bytes:  # replaced since the stat
+        except ObjectTooLarge:  # replaced since the stat
             return OutputCheck(False, f"output {key} is more than {limits.max_bytes} bytes")
         try:
             width, height = media.png_size(path)

@@ -78,9 +78,9 @@ class CountingStore:
     inner: MinioStore
     downloads: list[str] = attrs.Factory(list)
 
-    async def download_file(self, key: str, path: Path) -> None:
+    async def download_file(self, key: str, path: Path, max_bytes: int | None = None) -> None:
         self.downloads.append(key)
-        await self.inner.download_file(key, path)
+        await self.inner.download_file(key, path, max_bytes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
