@@ -134,8 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
     from flatrender.persistence.db import DatabaseUnavailable
     from flatrender.persistence.migrate import SchemaBehind
 
-    config = _load(args)
-    config.require_secrets()
+    config = Config.load_for_serve(args.config)
     logs.configure(config.log.level)
     daemon = Daemon(config, config_path=args.config, listen_fds=systemd.listen_fds())
     try:
@@ -191,10 +190,19 @@ def _node_secret(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     from flatrender.http.auth import mint_token
 
-    secret = _load(args).auth.jwt_secret or _dev_value("jwt_secret")
+    auth = _load(args).auth
+    secret = auth.jwt_secret or _dev_value("jwt_secret")
     if not secret:
         raise ConfigError("[auth] jwt_secret: must be set")
-    print(mint_token(secret, args.user, args.role, args.ttl))
+    token = mint_token(
+        secret,
+        args.user,
+        args.role,
+        args.ttl,
+        audience=auth.jwt_audience,
+        issuer=auth.jwt_issuer,
+    )
+    print(token)
     return 0
 
 

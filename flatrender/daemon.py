@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -35,8 +35,23 @@ log = logging.getLogger("flatrender.daemon")
 # Time the actors get to finish the message in hand once the HTTP front has drained.
 STOP_ACTORS_SEC = 3.0
 WS_PING_INTERVAL_SEC = 20.0
-# Keys whose change needs a restart: a reload keeps the old value and says so.
-RESTART_ONLY = (("http", "host"), ("http", "port"), ("database", "url"), ("s3", "endpoint"))
+# Keys whose change needs a restart: a reload keeps the old value and says so. What the
+# listening socket, the database pool and the object store were built from; the store does take
+# new credentials and a new presign lifetime (MinioStore.reconfigure). Another server or bucket
+# is not a live change: every stored key (exports, replicas, segments in flight) would point
+# at objects that are not there, and the Reaper and validators would act on that.
+RESTART_ONLY = (
+    ("http", "host"),
+    ("http", "port"),
+    ("database", "url"),
+    ("database", "pool_min"),
+    ("database", "pool_max"),
+    ("s3", "endpoint"),
+    ("s3", "bucket"),
+    ("s3", "region"),
+    ("s3", "secure"),
+    ("s3", "max_threads"),
+)
 
 
 @attrs.define
@@ -45,8 +60,11 @@ class Daemon:
     config_path: Path | None = None
     # Listening sockets handed over by systemd (fds); empty: bind host/port from config.
     listen_fds: Sequence[int] = ()
+    # How the configuration is read at start and on reload: the same checks both times.
+    loader: Callable[[Path | None], Config] = Config.load_for_serve
     binds: list[str] = attrs.field(factory=list)
     app_state: AppState | None = None
+    store: MinioStore | None = None
     _stop: trio.Event = attrs.field(factory=trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
@@ -67,7 +85,7 @@ class Daemon:
             cfg.database.url, cfg.database.pool_min, cfg.database.pool_max
         ) as db:
             await check_current(db)
-            store = MinioStore(cfg.s3)
+            store = self.store = MinioStore(cfg.s3)
             try:
                 await store.ensure_bucket()
             except StorageUnavailable as e:
@@ -127,10 +145,11 @@ class Daemon:
         await self._stop.wait()
 
     def reload(self) -> None:
-        """Re-read the configuration file; a bad file keeps the running configuration."""
+        """Re-read the configuration with the checks start-up made; a configuration they refuse
+        is logged (one line naming the key) and the running one kept whole."""
         systemd.reloading()
         try:
-            new = Config.load(self.config_path) if self.config_path else Config.load(None)
+            new = self.loader(self.config_path)
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             systemd.ready()
@@ -140,6 +159,8 @@ class Daemon:
                 log.warning("[%s] %s changed: takes effect after a restart", section, key)
         new = _keep_restart_only(new, self.config)
         self.config = new
+        if self.store is not None:
+            self.store.reconfigure(new.s3)
         if self.app_state is not None:
             self.app_state.config = new
         logs.set_level(new.log.level)
@@ -180,11 +201,15 @@ def sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
 
 
 def _keep_restart_only(new: Config, old: Config) -> Config:
+    sections: dict[str, dict[str, object]] = {}
+    for section, key in RESTART_ONLY:
+        sections.setdefault(section, {})[key] = getattr(getattr(old, section), key)
     return attrs.evolve(
         new,
-        http=attrs.evolve(new.http, host=old.http.host, port=old.http.port),
-        database=attrs.evolve(new.database, url=old.database.url),
-        s3=attrs.evolve(new.s3, endpoint=old.s3.endpoint),
+        **{
+            section: attrs.evolve(getattr(new, section), **kept)
+            for section, kept in sections.items()
+        },
     )
 
 

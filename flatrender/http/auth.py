@@ -41,19 +41,24 @@ class Principal:
 
 def authenticate(authorization: str | None, auth: AuthConfig) -> Principal:
     """Resolve an ``Authorization`` header value; every failure is a 401."""
+    return authenticate_token(bearer_token(authorization), auth)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header value; 401 when there is none."""
     if not authorization:
         raise unauthorized("missing Authorization header (Bearer token)")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise unauthorized("the Authorization header must be 'Bearer <token>'")
-    return authenticate_token(token, auth)
+    return token
 
 
 def authenticate_token(token: str, auth: AuthConfig) -> Principal:
     if _is_service_token(token, auth.service_tokens):
         return Principal(Role.SERVICE, None)
-    return _decode_user(token, auth.jwt_secret)
+    return _decode_user(token, auth)
 
 
 def _is_service_token(token: str, service_tokens: tuple[str, ...]) -> bool:
@@ -65,15 +70,29 @@ def _is_service_token(token: str, service_tokens: tuple[str, ...]) -> bool:
     return matched
 
 
-def _decode_user(token: str, secret: str) -> Principal:
-    if not secret:
+def _decode_user(token: str, auth: AuthConfig) -> Principal:
+    """HS256 with ``exp`` and ``sub``; ``aud`` and ``iss`` too when configured (a token minted
+    for another service sharing the secret is then refused)."""
+    if not auth.jwt_secret:
         raise unauthorized("user tokens are not accepted: no JWT secret is configured")
+    required = ["exp", "sub"]
+    required += ["aud"] if auth.jwt_audience else []
+    required += ["iss"] if auth.jwt_issuer else []
     try:
         claims = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+            token,
+            auth.jwt_secret,
+            algorithms=["HS256"],
+            audience=auth.jwt_audience or None,
+            issuer=auth.jwt_issuer or None,
+            options={"require": required},
         )
     except jwt.ExpiredSignatureError:
         raise unauthorized("the token has expired") from None
+    except jwt.InvalidAudienceError:
+        raise unauthorized("the token is not meant for this service (audience)") from None
+    except jwt.InvalidIssuerError:
+        raise unauthorized("the token's issuer is not trusted") from None
     except jwt.InvalidTokenError:
         raise unauthorized("the token is not valid") from None
     try:
@@ -86,12 +105,29 @@ def _decode_user(token: str, secret: str) -> Principal:
     return Principal(Role(role_name), user_id, float(claims["exp"]))
 
 
-def mint_token(secret: str, user_id: UUID, role: str = "user", ttl_sec: int = 3600) -> str:
-    """A user JWT, for ``flatrender token`` and for tests."""
+def mint_token(
+    secret: str,
+    user_id: UUID,
+    role: str = "user",
+    ttl_sec: int = 3600,
+    *,
+    audience: str = "",
+    issuer: str = "",
+) -> str:
+    """A user JWT, for ``flatrender token`` and for tests; ``aud``/``iss`` only when given."""
     if role not in ("user", "admin"):
         raise ValueError(f"role must be user or admin, not {role!r}")
     now = int(time.time())
-    claims = {"sub": str(user_id), "role": role, "iat": now, "exp": now + ttl_sec}
+    claims: dict[str, object] = {
+        "sub": str(user_id),
+        "role": role,
+        "iat": now,
+        "exp": now + ttl_sec,
+    }
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

@@ -2,7 +2,9 @@
 
 The connection is accepted before anything waits (a handshake left hanging is worse than a
 close code), then: 4401 without a valid token (``Authorization: Bearer`` or ``?access_token=``),
-4404 for no such job, 4403 for someone else's job (admins and service tokens watch any job).
+4404 for no such job and for someone else's (ids do not leak; admins and service tokens watch
+any job). A reload that makes the token invalid (a service token removed, the JWT secret,
+audience or issuer changed) ends the stream with 4401 within :data:`TOKEN_RECHECK_SEC`.
 Then one RenderProgress snapshot, one message per change (the ProgressHub coalesces them to 10
 a second), and after the final message in a terminal step, close 1000. The hub closes a
 subscriber 1013 when it reads too slowly and 1001 when the daemon drains. Keep-alive pings are
@@ -23,7 +25,7 @@ import trio
 from quart import Blueprint, websocket
 
 from flatrender.actors.hub import CloseReason, ProgressHub, Subscription
-from flatrender.http.auth import Principal, authenticate, authenticate_token
+from flatrender.http.auth import Principal, authenticate_token, bearer_token
 from flatrender.http.common import state
 from flatrender.http.errors import ApiError
 from flatrender.http.progress import hub
@@ -53,6 +55,8 @@ REASONS = {
 
 # A client that has not taken a message in this long is gone or stuck: stop writing to it.
 SEND_TIMEOUT_SEC = 30.0
+# How often an open stream looks whether a reload changed [auth] (then its token is checked).
+TOKEN_RECHECK_SEC = 1.0
 
 
 class FloodGate:
@@ -80,18 +84,20 @@ async def _serve(stream: Stream) -> None:
     """Accept, authenticate, then run ``stream`` while reading the client's frames; close."""
     await websocket.accept()
     try:
-        principal = _principal()
+        token = _token()
+        principal = authenticate_token(token, state().config.auth)
     except ApiError as e:
         code, reason = UNAUTHORIZED, e.message
     else:
-        code, reason = await _while_listening(stream, principal)
+        code, reason = await _while_listening(stream, token, principal)
     # Bounded too: a stuck peer would hold the close frame (and this task) forever.
     with trio.move_on_after(SEND_TIMEOUT_SEC):
         await websocket.close(code, reason)
 
 
-async def _while_listening(stream: Stream, principal: Principal) -> tuple[int, str]:
-    """``stream``'s close code, unless the client floods us or the token expires first.
+async def _while_listening(stream: Stream, token: str, principal: Principal) -> tuple[int, str]:
+    """``stream``'s close code, unless the client floods us or the token expires or is
+    revoked by a reload first.
 
     When the client goes away, Quart-Trio cancels this handler: the reader keeps the frames
     (and so the disconnect event) flowing for that to happen.
@@ -121,8 +127,24 @@ async def _while_listening(stream: Stream, principal: Principal) -> tuple[int, s
             outcome = UNAUTHORIZED, "the token has expired"
             nursery.cancel_scope.cancel()
 
+        async def revoke() -> None:
+            nonlocal outcome
+            auth = state().config.auth
+            while True:
+                await trio.sleep(TOKEN_RECHECK_SEC)
+                if state().config.auth is auth:
+                    continue
+                auth = state().config.auth
+                try:
+                    authenticate_token(token, auth)
+                except ApiError:
+                    outcome = UNAUTHORIZED, "the token is no longer accepted"
+                    nursery.cancel_scope.cancel()
+                    return
+
         nursery.start_soon(run_stream)
         nursery.start_soon(read_client)
+        nursery.start_soon(revoke)
         if principal.exp is not None:
             nursery.start_soon(expire)
     return outcome
@@ -142,7 +164,7 @@ async def _watch(job_text: str, principal: Principal) -> tuple[int, str]:
     if owner is None:
         return NOT_FOUND, "no such render job"
     if not principal.can_see(owner):
-        return FORBIDDEN, "this render job belongs to another user"
+        return NOT_FOUND, "no such render job"  # as for an unknown id: ids do not leak
     live = hub()
     # A live job's snapshot is the hub's: a connect then costs one query, not a state load.
     subscription = None if live is None else live.subscribe(job_id)
@@ -198,13 +220,10 @@ async def _forward(live: ProgressHub, subscription: Subscription) -> tuple[int, 
     return reason.value, REASONS[reason]
 
 
-def _principal() -> Principal:
-    """The caller by ``Authorization`` header, else by ``access_token`` query parameter."""
-    auth = state().config.auth
+def _token() -> str:
+    """The caller's token from the ``Authorization`` header, else the ``access_token`` query
+    parameter; 401 when neither holds one."""
     header = websocket.headers.get("Authorization")
     if header:
-        return authenticate(header, auth)
-    token = websocket.args.get("access_token", "")
-    if not token:
-        return authenticate(None, auth)  # raises the usual 401 message
-    return authenticate_token(token, auth)
+        return bearer_token(header)
+    return websocket.args.get("access_token", "") or bearer_token(None)

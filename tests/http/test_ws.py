@@ -8,6 +8,7 @@ import time
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import pytest
 import trio
 from quart.testing.connections import WebsocketDisconnectError
@@ -72,12 +73,12 @@ async def test_unknown_job_closes_4404(client: Any, tokens: Tokens) -> None:
     )
 
 
-async def test_someone_elses_job_closes_4403_but_admins_and_services_may_watch(
+async def test_someone_elses_job_closes_4404_like_an_unknown_one_but_admins_and_services_may_watch(
     client: Any, db: Database, tokens: Tokens
 ) -> None:
     job_id = await a_job(client, db, tokens)
     path = f"/ws/v1/render/{job_id}"
-    assert await closed_with(client, path, headers=bearer(tokens.other_user)) == ([], 4403)
+    assert await closed_with(client, path, headers=bearer(tokens.other_user)) == ([], 4404)
     for token in (tokens.admin, tokens.service):
         async with client.websocket(path, headers=bearer(token)) as ws:
             assert json.loads(await ws.receive())["job_id"] == job_id
@@ -258,6 +259,7 @@ async def test_an_expired_token_ends_the_stream_with_4401(
                 while True:
                     await ws.receive()
     assert closed.value.args[0] == 4401
+    assert app_state.actors.hub.statistics().subscribers == 0
     assert app_state.actors is not None
     assert app_state.actors.hub.statistics().subscribers == 0
 
@@ -268,3 +270,37 @@ def test_a_user_principal_keeps_the_tokens_expiry_and_a_service_has_none(
     user = authenticate_token(tokens.user, config.auth)
     assert user.exp is not None and user.exp > time.time()
     assert authenticate_token(tokens.service, config.auth).exp is None
+
+
+@pytest.mark.parametrize("kind", ["service", "user"])
+async def test_a_reload_that_revokes_the_token_ends_the_stream_with_4401(
+    client: Any,
+    db: Database,
+    tokens: Tokens,
+    app_state: AppState,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    monkeypatch.setattr(ws_module, "TOKEN_RECHECK_SEC", 0.02)
+    job_id = await a_job(client, db, tokens)
+    token = tokens.service if kind == "service" else tokens.user
+    auth = app_state.config.auth
+    with trio.fail_after(10):
+        async with client.websocket(f"/ws/v1/render/{job_id}", headers=bearer(token)) as ws:
+            assert json.loads(await ws.receive())["job_id"] == job_id
+            # A reload that keeps the token (another token added) keeps the stream.
+            kept = attrs.evolve(auth, service_tokens=(*auth.service_tokens, "x" * 32))
+            app_state.config = attrs.evolve(app_state.config, auth=kept)
+            await trio.sleep(0.1)
+            assert app_state.actors is not None
+            assert app_state.actors.hub.statistics().subscribers == 1
+            if kind == "service":
+                revoked = attrs.evolve(kept, service_tokens=("x" * 32,))
+            else:
+                revoked = attrs.evolve(kept, jwt_secret="another-secret-" + "y" * 32)
+            app_state.config = attrs.evolve(app_state.config, auth=revoked)
+            with pytest.raises(WebsocketDisconnectError) as closed:
+                while True:
+                    await ws.receive()
+    assert closed.value.args[0] == 4401
+    assert app_state.actors.hub.statistics().subscribers == 0
