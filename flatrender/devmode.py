@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import trio_asyncio
 
 from flatrender import logs
 from flatrender.agent import AgentOptions, run_agent
-from flatrender.config import Config
+from flatrender.config import Config, S3Config
 from flatrender.daemon import Daemon, serve_forever
 from flatrender.domain.catalog import ProjectSpec, Scene
 from flatrender.embedded import EmbeddedPostgres, EmbeddedS3
@@ -62,10 +63,19 @@ def _secrets(state_dir: Path) -> dict[str, str]:
     missing = {k: make() for k, make in wanted.items() if k not in found}
     if missing:
         found.update(missing)
-        path = state_dir / "secrets.json"
-        path.write_text(json.dumps(found, indent=2))
-        path.chmod(0o600)
+        write_private(state_dir / "secrets.json", json.dumps(found, indent=2))
     return found
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` in ``path``, readable by this user alone from its first byte (created 0600, not
+    restricted after writing) and moved into place whole, so a reader never sees a part."""
+    part = path.with_name(f".{path.name}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # a part file left by a crash may have been created wider
+        f.write(text)
+    os.replace(part, path)
 
 
 def demo_projects(owner: UUID) -> list[tuple[UUID, ProjectSpec]]:
@@ -125,30 +135,23 @@ def run_dev(state_dir: Path, *, port: int, nodes: int, config_path: Path | None)
         if not database_url:
             pg = EmbeddedPostgres(state_dir / "pg").start()
             database_url = pg.create_database(DEV_DATABASE, replace=False)
-        s3_cfg = base.s3
-        if not s3_cfg.endpoint:
+        embedded_s3: S3Config | None = None
+        if not base.s3.endpoint:
             s3 = EmbeddedS3(
                 state_dir / "s3",
                 access_key=keys["s3_access_key"],
                 secret_key=keys["s3_secret_key"],
-                bucket=s3_cfg.bucket,
+                bucket=base.s3.bucket,
             ).start()
-            s3_cfg = attrs.evolve(
-                s3_cfg, endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key
-            )
-        config = attrs.evolve(
-            base,
-            http=attrs.evolve(base.http, port=port),
-            database=attrs.evolve(base.database, url=database_url),
-            s3=s3_cfg,
-            auth=attrs.evolve(
-                base.auth,
-                jwt_secret=base.auth.jwt_secret or keys["jwt_secret"],
-                service_tokens=base.auth.service_tokens or (keys["service_token"],),
-                node_master_key=base.auth.node_master_key or keys["node_master_key"],
-            ),
-        )
-        trio.run(_run, config, config_path, state_dir, keys, nodes)
+            embedded_s3 = s3.s3_config()
+
+        def dev_config(path: Path | None) -> Config:
+            """The file's configuration with what dev provides filled in: at start and on
+            reload (SIGHUP), with ``serve``'s checks."""
+            return _dev_config(Config.load(path), keys, port, database_url, embedded_s3)
+
+        config = dev_config(config_path)
+        trio.run(_run, config, dev_config, config_path, state_dir, keys, nodes)
     finally:
         if s3 is not None:
             s3.stop()
@@ -157,8 +160,37 @@ def run_dev(state_dir: Path, *, port: int, nodes: int, config_path: Path | None)
     return 0
 
 
+def _dev_config(
+    base: Config, keys: dict[str, str], port: int, database_url: str, s3: S3Config | None
+) -> Config:
+    if not base.s3.endpoint and s3 is not None:
+        embedded = attrs.evolve(
+            base.s3, endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key
+        )
+        base = attrs.evolve(base, s3=embedded)
+    config = attrs.evolve(
+        base,
+        http=attrs.evolve(base.http, port=port),
+        database=attrs.evolve(base.database, url=base.database.url or database_url),
+        auth=attrs.evolve(
+            base.auth,
+            jwt_secret=base.auth.jwt_secret or keys["jwt_secret"],
+            service_tokens=base.auth.service_tokens or (keys["service_token"],),
+            node_master_key=base.auth.node_master_key or keys["node_master_key"],
+        ),
+    )
+    config.validate()
+    config.require_secrets()
+    return config
+
+
 async def _run(
-    config: Config, config_path: Path | None, state_dir: Path, keys: dict[str, str], nodes: int
+    config: Config,
+    loader: Callable[[Path | None], Config],
+    config_path: Path | None,
+    state_dir: Path,
+    keys: dict[str, str],
+    nodes: int,
 ) -> None:
     user_id = UUID(keys["user_id"])
     async with trio_asyncio.open_loop(), open_database(config.database.url, 1, 2) as db:
@@ -166,7 +198,7 @@ async def _run(
         if applied:
             log.info("applied %d migration(s)", len(applied))
         project_ids = await seed(db, user_id)
-    daemon = Daemon(config, config_path=config_path)
+    daemon = Daemon(config, config_path=config_path, loader=loader)
     async with trio.open_nursery() as nursery:
 
         async def serve(*, task_status: trio.TaskStatus[Daemon]) -> None:
@@ -177,8 +209,7 @@ async def _run(
         info = dev_info(config, keys, daemon.binds)
         info["demo_project_ids"] = [str(p) for p in project_ids]
         path = state_dir / "dev.json"
-        path.write_text(json.dumps(info, indent=2))
-        path.chmod(0o600)
+        write_private(path, json.dumps(info, indent=2))
         _announce(info, path, nodes)
         if nodes:
             agents = AgentOptions(
@@ -209,12 +240,8 @@ def dev_info(config: Config, keys: dict[str, str], binds: list[str]) -> dict[str
     return {
         "api_url": f"{api}/v1",
         "ws_url": api.replace("http://", "ws://", 1) + "/ws/v1",
-        "admin_token": mint_token(
-            config.auth.jwt_secret, UUID(keys["admin_id"]), "admin", TOKEN_TTL_SEC
-        ),
-        "user_token": mint_token(
-            config.auth.jwt_secret, UUID(keys["user_id"]), "user", TOKEN_TTL_SEC
-        ),
+        "admin_token": _token(config, keys["admin_id"], "admin"),
+        "user_token": _token(config, keys["user_id"], "user"),
         "user_id": keys["user_id"],
         "service_token": config.auth.service_tokens[0],
         "node_master_key": config.auth.node_master_key,
@@ -224,6 +251,18 @@ def dev_info(config: Config, keys: dict[str, str], binds: list[str]) -> dict[str
         "s3_bucket": config.s3.bucket,
         "database_url": config.database.url,
     }
+
+
+def _token(config: Config, user_id: str, role: str) -> str:
+    auth = config.auth
+    return mint_token(
+        auth.jwt_secret,
+        UUID(user_id),
+        role,
+        TOKEN_TTL_SEC,
+        audience=auth.jwt_audience,
+        issuer=auth.jwt_issuer,
+    )
 
 
 def _announce(info: dict[str, Any], path: Path, nodes: int) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from flatrender import devmode
+from flatrender.config import Config
 from tests.helpers import bearer
 from tests.test_daemon import free_port
 
@@ -119,3 +123,39 @@ def test_dev_comes_up_answers_stops_and_reuses_its_data(tmp_path: Path) -> None:
         ["pgrep", "-f", str(state_dir)], capture_output=True, text=True
     ).stdout.split()
     assert leftover == []
+
+
+def test_dev_files_are_created_0600_and_appear_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[int] = []
+    real_open = os.open
+
+    def spy(path: Any, flags: int, mode: int = 0o777) -> int:
+        opened.append(mode)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", spy)
+    old_umask = os.umask(0)  # nothing narrows the mode but the code itself
+    try:
+        leftover = tmp_path / ".dev.json.part"
+        leftover.write_text("stale")
+        leftover.chmod(0o644)
+        devmode.write_private(tmp_path / "dev.json", '{"a": 1}')
+        keys = devmode._secrets(tmp_path)
+    finally:
+        os.umask(old_umask)
+    assert opened == [0o600, 0o600]
+    for name in ("dev.json", "secrets.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.json", "secrets.json"]
+    # What dev generates passes serve's checks.
+    Config.from_mapping(
+        {
+            "auth": {
+                "jwt_secret": keys["jwt_secret"],
+                "service_tokens": [keys["service_token"]],
+                "node_master_key": keys["node_master_key"],
+            }
+        }
+    )
