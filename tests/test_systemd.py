@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -386,3 +389,56 @@ async def test_socket_activation_end_to_end(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def unit_settings(name: str) -> dict[str, list[str]]:
+    """Every ``Key=value`` of a unit file in ``systemd/``, values in order (a key may repeat)."""
+    settings: dict[str, list[str]] = {}
+    for line in (REPO_ROOT / "systemd" / name).read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_socket_listens_on_loopback_only_by_default() -> None:
+    assert unit_settings("flatrender.socket")["ListenStream"] == ["127.0.0.1:8080"]
+
+
+def test_the_service_unit_is_hardened() -> None:
+    service = unit_settings("flatrender.service")
+    expected = {
+        "NoNewPrivileges": ["yes"],
+        "CapabilityBoundingSet": [""],
+        "ProtectSystem": ["strict"],
+        "ProtectHome": ["yes"],
+        "PrivateTmp": ["yes"],
+        "PrivateDevices": ["yes"],
+        "PrivateUsers": ["yes"],
+        "PrivateIPC": ["yes"],
+        "PrivateMounts": ["yes"],
+        "ProtectProc": ["invisible"],
+        "ProcSubset": ["pid"],
+        "DevicePolicy": ["closed"],
+        "UMask": ["0077"],
+        "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
+        "SystemCallFilter": ["@system-service", "~@privileged @resources"],
+        "SystemCallErrorNumber": ["EPERM"],
+        "SystemCallArchitectures": ["native"],
+        "RemoveIPC": ["yes"],
+    }
+    assert {key: service.get(key) for key in expected} == expected
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_the_service_units_exposure_is_at_most_2() -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20"]
+        + [str(REPO_ROOT / "systemd" / "flatrender.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = re.search(r"Overall exposure level for flatrender.service: (\d+\.\d)", done.stdout)
+    assert found is not None, done.stdout + done.stderr
+    assert float(found.group(1)) <= 2.0
