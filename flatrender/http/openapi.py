@@ -424,9 +424,9 @@ def _websockets() -> Json:
                 "1001": "The orchestrator is shutting down; reconnect.",
                 "1013": "The client read too slowly and was dropped; reconnect to resync.",
                 "1008": "The client sent too many messages (it has none to send).",
-                "4401": "Missing or invalid token, or the token expired while watching.",
-                "4403": "The job belongs to another user.",
-                "4404": "No such job.",
+                "4401": "Missing or invalid token, or the token expired (or a reload revoked it)"
+                " while watching.",
+                "4404": "No such job, or it belongs to another user (indistinguishable).",
             },
         },
         "/ws/v1/nodes": {
