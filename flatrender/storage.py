@@ -290,8 +290,10 @@ class MinioStore:
         await self._run(download, key)
 
     def _download_sync(self, key: str, path: str, max_bytes: int | None) -> None:
-        """Chunks to ``<path>.part``, renamed once whole; memory holds one chunk."""
+        """Chunks to ``<path>.part``, renamed once whole; memory holds one chunk. Missing parent
+        folders are created (as minio's ``fget_object`` did)."""
         part = f"{path}.part"
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         response = self._client.get_object(self.bucket, key)
         try:
             with open(part, "wb") as out:
