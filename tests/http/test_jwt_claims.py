@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from uuid import uuid4
 
 import attrs
 import pytest
 
+from flatrender.cli import main
 from flatrender.config import AuthConfig
 from flatrender.http.auth import Role, authenticate_token, mint_token
 from flatrender.http.errors import ApiError
@@ -39,3 +42,20 @@ def test_a_configured_audience_and_issuer_must_both_match() -> None:
     only_audience = attrs.evolve(auth, jwt_issuer="")
     assert authenticate_token(mint_token(SECRET, user, audience="flatrender"), only_audience)
     assert "not valid" in refusal(mint_token(SECRET, user, issuer="main-app"), only_audience)
+
+
+def test_flatrender_token_mints_the_configured_audience_and_issuer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("FLATRENDER_"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "flatrender.toml"
+    path.write_text(
+        f'[auth]\njwt_secret = "{SECRET}"\njwt_audience = "flatrender"\njwt_issuer = "ops"\n'
+    )
+    user = uuid4()
+    assert main(["token", "--config", str(path), "--user", str(user)]) == 0
+    token = capsys.readouterr().out.strip()
+    auth = AuthConfig(jwt_secret=SECRET, jwt_audience="flatrender", jwt_issuer="ops")
+    assert authenticate_token(token, auth).user_id == user
