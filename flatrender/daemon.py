@@ -162,7 +162,7 @@ class Daemon:
         if self.store is not None:
             self.store.reconfigure(new.s3)
         if self.app_state is not None:
-            self.app_state.config = new
+            self.app_state.reload(new)
         logs.set_level(new.log.level)
         log.info("configuration reloaded")
         systemd.ready()

@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
+import trio
 from quart import current_app, request
 
 from flatrender.actors.system import ActorSystem
@@ -34,6 +35,18 @@ class AppState:
     # Set by the composition root once the actor system is up (None in socket-free tests
     # that exercise only persistence-backed routes).
     actors: ActorSystem | None = None
+    _reloaded: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    def reload(self, config: Config) -> None:
+        """Replace the configuration and wake whoever waits in :meth:`reloaded`."""
+        self.config = config
+        self._reloaded.set()
+        self._reloaded = trio.Event()
+
+    async def reloaded(self) -> Config:
+        """The next configuration a reload sets."""
+        await self._reloaded.wait()
+        return self.config
 
 
 def state() -> AppState:

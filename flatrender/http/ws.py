@@ -4,7 +4,7 @@ The connection is accepted before anything waits (a handshake left hanging is wo
 close code), then: 4401 without a valid token (``Authorization: Bearer`` or ``?access_token=``),
 4404 for no such job and for someone else's (ids do not leak; admins and service tokens watch
 any job). A reload that makes the token invalid (a service token removed, the JWT secret,
-audience or issuer changed) ends the stream with 4401 within :data:`TOKEN_RECHECK_SEC`.
+audience or issuer changed) ends the stream with 4401.
 Then one RenderProgress snapshot, one message per change (the ProgressHub coalesces them to 10
 a second), and after the final message in a terminal step, close 1000. The hub closes a
 subscriber 1013 when it reads too slowly and 1001 when the daemon drains. Keep-alive pings are
@@ -55,8 +55,6 @@ REASONS = {
 
 # A client that has not taken a message in this long is gone or stuck: stop writing to it.
 SEND_TIMEOUT_SEC = 30.0
-# How often an open stream looks whether a reload changed [auth] (then its token is checked).
-TOKEN_RECHECK_SEC = 1.0
 
 
 class FloodGate:
@@ -129,14 +127,11 @@ async def _while_listening(stream: Stream, token: str, principal: Principal) -> 
 
         async def revoke() -> None:
             nonlocal outcome
-            auth = state().config.auth
+            app_state = state()
             while True:
-                await trio.sleep(TOKEN_RECHECK_SEC)
-                if state().config.auth is auth:
-                    continue
-                auth = state().config.auth
+                config = await app_state.reloaded()
                 try:
-                    authenticate_token(token, auth)
+                    authenticate_token(token, config.auth)
                 except ApiError:
                     outcome = UNAUTHORIZED, "the token is no longer accepted"
                     nursery.cancel_scope.cancel()

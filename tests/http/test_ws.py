@@ -11,6 +11,7 @@ from uuid import UUID, uuid4
 import attrs
 import pytest
 import trio
+import trio.testing
 from quart.testing.connections import WebsocketDisconnectError
 
 from flatrender.actors.hub import ProgressHub
@@ -278,10 +279,8 @@ async def test_a_reload_that_revokes_the_token_ends_the_stream_with_4401(
     db: Database,
     tokens: Tokens,
     app_state: AppState,
-    monkeypatch: pytest.MonkeyPatch,
     kind: str,
 ) -> None:
-    monkeypatch.setattr(ws_module, "TOKEN_RECHECK_SEC", 0.02)
     job_id = await a_job(client, db, tokens)
     token = tokens.service if kind == "service" else tokens.user
     auth = app_state.config.auth
@@ -290,15 +289,15 @@ async def test_a_reload_that_revokes_the_token_ends_the_stream_with_4401(
             assert json.loads(await ws.receive())["job_id"] == job_id
             # A reload that keeps the token (another token added) keeps the stream.
             kept = attrs.evolve(auth, service_tokens=(*auth.service_tokens, "x" * 32))
-            app_state.config = attrs.evolve(app_state.config, auth=kept)
-            await trio.sleep(0.1)
+            app_state.reload(attrs.evolve(app_state.config, auth=kept))
+            await trio.testing.wait_all_tasks_blocked()
             assert app_state.actors is not None
             assert app_state.actors.hub.statistics().subscribers == 1
             if kind == "service":
                 revoked = attrs.evolve(kept, service_tokens=("x" * 32,))
             else:
                 revoked = attrs.evolve(kept, jwt_secret="another-secret-" + "y" * 32)
-            app_state.config = attrs.evolve(app_state.config, auth=revoked)
+            app_state.reload(attrs.evolve(app_state.config, auth=revoked))
             with pytest.raises(WebsocketDisconnectError) as closed:
                 while True:
                     await ws.receive()
