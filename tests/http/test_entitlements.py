@@ -231,6 +231,41 @@ async def test_retry_is_refused_once_the_entitlement_is_gone(
     assert retried["price_type"] == "Preview"
 
 
+async def test_submit_racing_an_entitlement_removal_waits_for_it_and_is_refused(
+    api: Any, db: Database, tokens: Tokens
+) -> None:
+    """The check reads the entitlements under the account lock the removal holds."""
+    user = tokens.user_id
+    project = await make_project(db, user)
+    await put_entitlements(api, tokens.service, user, {"entitlements": ["Free"]})
+    removing = trio.Event()
+    answers: list[tuple[int, Any]] = []
+
+    async def remove() -> None:
+        async with db.transaction() as conn:
+            await ledger.lock(conn, user)
+            await conn.execute(ledger.SET_ENTITLEMENTS, user, [])
+            removing.set()
+            # The submit queues behind us inside PostgreSQL, where no trio.Event can see it.
+            while not await db.fetchval(WAITING_ON_A_LOCK):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+
+    async def submit_free() -> None:
+        await removing.wait()
+        answers.append(await submit(api, tokens.user, render_body(project, price_type="Free")))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(remove)
+        nursery.start_soon(submit_free)
+
+    [(status, body)] = answers
+    assert refused(status, body, "Free"), body
+    assert await written(db, user) == (0, 0, 0, 0)
+
+
+WAITING_ON_A_LOCK = "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+
+
 # ------------------------------------------------------------------ the snapshot cap
 
 
