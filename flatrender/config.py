@@ -153,6 +153,8 @@ class SnapshotsConfig:
     # A snapshot not cached this long after its request (no compatible node, every node in
     # maintenance, ...) fails through its job's actor: refunded, and the key free to render again.
     render_timeout_sec: float = 600.0
+    # Snapshot jobs one user may have live (not yet ended) at once; a request beyond it is 429.
+    max_live_per_user: int = 5
 
 
 @attrs.frozen

@@ -57,11 +57,8 @@ def option_errors(options: RenderOptions) -> Errors:
     elif options.is_60_fps and options.frame_rate not in (None, 60):
         # is_60_fps true is another spelling of frame_rate 60 (DESIGN §6); false asks for nothing.
         errors.append(_error("is_60_fps", f"is true but frame_rate is {options.frame_rate}"))
-    if options.price_type == "Snapshot":
-        errors.append(
-            _error("price_type", "Snapshot is not a render price type; use /v1/snapshots")
-        )
-    elif options.price_type not in RENDER_PRICE_TYPES:
+    # Snapshot passes here: who may submit which price type is domain.entitlements' (a 403).
+    if options.price_type not in (*RENDER_PRICE_TYPES, "Snapshot"):
         errors.append(_error("price_type", f"must be one of {', '.join(RENDER_PRICE_TYPES)}"))
     region = options.preferred_region
     if region is not None and (len(region) > MAX_REGION or "\x00" in region):

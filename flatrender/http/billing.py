@@ -1,14 +1,20 @@
-"""Billing extension (DESIGN §5): balances read and credited by the main app; service only."""
+"""Billing extension (DESIGN §5): balances and entitlements kept by the main app; service only.
+
+Every answer is the account: ``{user_id, balance_minor, entitlements}``, entitlements sorted.
+``PUT .../entitlements`` replaces the set: duplicates collapse, an unknown value is 422 naming
+its position (``$.entitlements[i]``) and nothing changes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 import attrs
-from quart import Blueprint
+from quart import Blueprint, request
 
+from flatrender.domain import entitlements as ent
 from flatrender.http.auth import require_service
+from flatrender.http.codec import parse_json, structure
 from flatrender.http.common import body, caller, path_uuid, state
 from flatrender.http.errors import unprocessable
 from flatrender.persistence import ledger
@@ -24,11 +30,16 @@ class CreditIn:
     amount_minor: int
 
 
+@attrs.frozen
+class EntitlementsIn:
+    entitlements: list[str]
+
+
 @bp.get("/v1/billing/accounts/<user_id>")
 async def get_account(user_id: str) -> dict[str, Any]:
     require_service(caller())
     uid = path_uuid("user_id", user_id)
-    return _account(uid, await ledger.balance(state().db, uid))
+    return _account(await ledger.account(state().db, uid))
 
 
 @bp.post("/v1/billing/accounts/<user_id>/credit")
@@ -41,9 +52,40 @@ async def credit_account(user_id: str) -> dict[str, Any]:
             "amount_minor is out of range",
             [{"field": "$.amount_minor", "message": f"must be between 1 and {MAX_CREDIT_MINOR}"}],
         )
-    new_balance = await ledger.credit(state().db, uid, credit.amount_minor, note="credit via API")
-    return _account(uid, new_balance)
+    account = await ledger.credit_account(state().db, uid, credit.amount_minor, "credit via API")
+    return _account(account)
 
 
-def _account(user_id: UUID, balance_minor: int) -> dict[str, Any]:
-    return {"user_id": str(user_id), "balance_minor": balance_minor}
+@bp.put("/v1/billing/accounts/<user_id>/entitlements")
+async def put_entitlements(user_id: str) -> dict[str, Any]:
+    require_service(caller())
+    uid = path_uuid("user_id", user_id)
+    given = structure(await _entitlements_json(), EntitlementsIn).entitlements
+    wrong = ent.unknown(given)
+    if wrong:
+        message = f"must be one of {', '.join(ent.ENTITLEMENTS)}"
+        errors = [{"field": f"$.entitlements[{i}]", "message": message} for i in wrong]
+        raise unprocessable("unknown entitlements", errors)
+    account = await ledger.set_entitlements(state().db, uid, ent.normalised(given))
+    return _account(account)
+
+
+async def _entitlements_json() -> Any:
+    """The body, refusing a text where the list belongs (cattrs would split it into letters)."""
+    raw = await request.get_data(as_text=False)
+    assert isinstance(raw, bytes)
+    data = parse_json(raw)
+    if isinstance(data, dict) and not isinstance(data.get("entitlements", []), list):
+        raise unprocessable(
+            "entitlements must be an array",
+            [{"field": "$.entitlements", "message": "must be an array of strings"}],
+        )
+    return data
+
+
+def _account(account: ledger.Account) -> dict[str, Any]:
+    return {
+        "user_id": str(account.user_id),
+        "balance_minor": account.balance_minor,
+        "entitlements": list(account.entitlements),
+    }

@@ -48,6 +48,11 @@ _CHARGED = {
     ("post", "/renders/{job_id}/retry"),
     ("post", "/exports/{export_id}/extend"),
 }
+# A user submits Cash or a price type its account holds (DESIGN §5).
+_PRICE_CHECKED = {("post", "/renders"), ("post", "/renders/{job_id}/retry")}
+# At most [snapshots] max_live_per_user live snapshot jobs per user.
+_CAPPED = {("post", "/snapshots")}
+ENTITLEMENTS = ["Free", "Plan", "Preview", "Reseller"]
 
 
 def openapi_document() -> Json:
@@ -106,7 +111,8 @@ def _amend_info(doc: Json) -> None:
         + "\n\nServed by the FlatRender orchestrator. This document is a superset of the API"
         " contract: it adds response descriptions, the Error schema and error responses, the"
         " node protocol v1 fields (`node_secret`, `acked_command_ids`), the service extensions"
-        " (catalog, billing), this document itself and the progress WebSocket (`x-websockets`).\n"
+        " (catalog, billing, entitlements), this document itself and the progress WebSocket"
+        " (`x-websockets`).\n"
     )
     doc["servers"] = [{"url": API_PREFIX, "description": "This orchestrator"}]
     doc["tags"].append({"name": "Meta", "description": "The service describing itself"})
@@ -155,6 +161,12 @@ def _extra_schemas() -> Json:
         "has_voiceover": {"type": "boolean"},
         "scenes": {"type": "array", "items": _ref("schemas", "CatalogScene")},
     }
+    entitlements = {
+        "type": "array",
+        "items": {"type": "string", "enum": ENTITLEMENTS},
+        "description": "Price types besides Cash the user may submit renders with; sorted in"
+        " answers (a request's duplicates collapse).",
+    }
     read_only = {
         "saved_project_id": {**uuid, "readOnly": True},
         "version": {
@@ -173,8 +185,10 @@ def _extra_schemas() -> Json:
             [*read_only, *(name for name in project_fields if name != "has_voiceover")],
         ),
         "BillingAccount": _object(
-            {"user_id": uuid, "balance_minor": int64}, ["user_id", "balance_minor"]
+            {"user_id": uuid, "balance_minor": int64, "entitlements": entitlements},
+            ["user_id", "balance_minor", "entitlements"],
         ),
+        "BillingEntitlements": _object({"entitlements": entitlements}, ["entitlements"]),
         "BillingCredit": _object({"amount_minor": {**int64, "minimum": 1}}, ["amount_minor"]),
         "RenderNodeRegistered": {
             "allOf": [
@@ -269,6 +283,25 @@ def _error_responses() -> Json:
         "Unauthorized": _error_response("Missing or invalid token.", "unauthorized"),
         "BadSignature": _error_response("Bad or expired X-Node-Signature.", "bad_signature"),
         "Forbidden": _error_response("Not allowed for this caller.", "forbidden"),
+        "PriceTypeNotAllowed": _error_response(
+            "Not allowed for this caller (`forbidden`), or a user asked for a price type its"
+            " account does not hold, or for `Snapshot` (`price_type_not_allowed`, details"
+            " `price_type`); nothing was written.",
+            "price_type_not_allowed",
+        ),
+        "TooManySnapshots": {
+            **_error_response(
+                "The user already has `[snapshots] max_live_per_user` snapshots rendering;"
+                " nothing was written. Retry after `Retry-After` seconds.",
+                "too_many_snapshots",
+            ),
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before asking again.",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            },
+        },
         "NotFound": _error_response("No such resource.", "not_found"),
         "Conflict": _error_response("Not possible in the current state.", "conflict"),
         "StaleAssignment": _error_response(
@@ -297,7 +330,7 @@ def _error_codes(method: str, path: str, operation: Json) -> dict[str, str]:
     internal = path.startswith(INTERNAL_PREFIX)
     codes: dict[str, str] = {"401": "BadSignature" if internal else "Unauthorized"}
     if not internal:
-        codes["403"] = "Forbidden"
+        codes["403"] = "PriceTypeNotAllowed" if (method, path) in _PRICE_CHECKED else "Forbidden"
     if "requestBody" in operation:
         codes["400"] = "MalformedJson"
     if "{" in path:
@@ -310,6 +343,8 @@ def _error_codes(method: str, path: str, operation: Json) -> dict[str, str]:
         codes["402"] = "InsufficientBalance"
     if "requestBody" in operation or operation.get("parameters"):
         codes["422"] = "ValidationFailed"
+    if (method, path) in _CAPPED:
+        codes["429"] = "TooManySnapshots"
     if (method, path) in _STORAGE_WRITES:
         codes["502"] = "StorageError"
     codes["503"] = "ServiceUnavailable"
@@ -355,6 +390,7 @@ def _extension_paths() -> Json:
     project = _json_content(_ref("schemas", "CatalogProject"))
     account = {"description": "OK", "content": _json_content(_ref("schemas", "BillingAccount"))}
     credit = _json_content(_ref("schemas", "BillingCredit"))
+    entitled = _json_content(_ref("schemas", "BillingEntitlements"))
     in_project = [_path_parameter("saved_project_id")]
     in_account = [_path_parameter("user_id")]
     return {
@@ -373,7 +409,7 @@ def _extension_paths() -> Json:
         },
         "/billing/accounts/{user_id}": {
             "get": _service_operation(
-                "Read a user's balance", {"200": account}, parameters=in_account
+                "Read a user's balance and entitlements", {"200": account}, parameters=in_account
             ),
         },
         "/billing/accounts/{user_id}/credit": {
@@ -382,6 +418,14 @@ def _extension_paths() -> Json:
                 {"200": account},
                 parameters=in_account,
                 requestBody={"required": True, "content": credit},
+            ),
+        },
+        "/billing/accounts/{user_id}/entitlements": {
+            "put": _service_operation(
+                "Replace a user's entitlements (unknown value: 422 naming `$.entitlements[i]`)",
+                {"200": account},
+                parameters=in_account,
+                requestBody={"required": True, "content": entitled},
             ),
         },
         "/openapi.json": {

@@ -18,7 +18,7 @@ from flatrender.http.codec import parse_json, structure
 from flatrender.http.common import caller, path_uuid, state
 from flatrender.http.errors import ApiError, conflict, not_found
 from flatrender.http.progress import current_progress
-from flatrender.http.renders import charge_and_insert, job_json, visible_job
+from flatrender.http.renders import charge_and_insert, job_json, submitter, visible_job
 from flatrender.persistence import jobs
 
 bp = Blueprint("render_actions", __name__)
@@ -90,7 +90,8 @@ RETRIED_BY = "SELECT id FROM render_jobs WHERE retry_of_job_id = $1 LIMIT 1"
 
 @bp.post("/v1/renders/<job_id>/retry")
 async def retry_render(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """A Failed job (refunded in full) runs again as a new job, charged like any submit."""
+    """A Failed job (refunded in full) runs again as a new job, charged like any submit: at the
+    same price type, which its user must still be entitled to (403 ``price_type_not_allowed``)."""
     old = await visible_job(job_id)
     if old.step != "Failed":
         raise conflict("not_failed", f"only a Failed job can be retried; this one is {old.step}")
@@ -131,7 +132,7 @@ async def retry_render(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]
         retry_count=old.retry_count + 1,
     )
     try:
-        row = await charge_and_insert(new, quote)
+        row = await charge_and_insert(new, quote, submitter(caller()))
     except asyncpg.UniqueViolationError:
         # Lost a race with a simultaneous retry of the same job; nothing was written.
         retried = await state().db.fetchval(RETRIED_BY, old.id)

@@ -4,7 +4,14 @@ A submit is one transaction under the account's row lock: the balance check, the
 charge, the discount redemption and the first log line commit together or not at all, so two
 submits racing for the last money cannot both pass (DESIGN §2.4). Someone else's project or job
 is 404, never 403: ids do not leak. Lists show the caller's own jobs, admins included (an admin
-reads anyone's job by id); a service token has no user, so it cannot submit or list.
+reads anyone's job by id); a service token has no user, so it cannot list.
+
+The price type is checked under the same account lock (``domain.entitlements``): a user (JWT,
+admins too) submits ``Cash`` or a price type its account holds, else 403
+``price_type_not_allowed`` and nothing is written; a change of entitlements racing a submit is
+ordered before or after it by that lock. A service submits any render price type for the
+project's owner (the job and its charge are the owner's). ``Snapshot`` is 403 here for everyone:
+snapshot jobs come only from ``/v1/snapshots``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from quart import Blueprint, request
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.domain import pricing, submit
 from flatrender.domain.catalog import Project
-from flatrender.http.auth import acting_user, require_owner
+from flatrender.domain.entitlements import Submitter, may_submit
+from flatrender.http.auth import Principal, Role, acting_user, require_owner
 from flatrender.http.codec import dump
 from flatrender.http.common import body, caller, page_from_query, path_uuid, state
 from flatrender.http.errors import (
@@ -126,17 +134,19 @@ def _plain(record: Any) -> dict[str, Any]:
 
 @bp.post("/v1/renders")
 async def submit_render() -> tuple[dict[str, Any], int, dict[str, str]]:
-    user_id = acting_user(caller())
+    principal = caller()
+    by_service = principal.role is Role.SERVICE
+    user_id = None if by_service else acting_user(principal)
     spec = await body(RenderJobIn)
     options = spec.options()
     errors = submit.option_errors(options)
     if errors:
         raise unprocessable("the render job is invalid", errors)
     project = await catalog.get(state().db, spec.saved_project_id)
-    if project is None or project.owner_user_id != user_id:
+    if project is None or (user_id is not None and project.owner_user_id != user_id):
         raise not_found("project", spec.saved_project_id)
-    new, quote = _new_job(user_id, spec, options, project)
-    row = await charge_and_insert(new, quote)
+    new, quote = _new_job(project.owner_user_id, spec, options, project)
+    row = await charge_and_insert(new, quote, submitter(principal))
     actors = state().actors
     if actors is not None:
         with contextlib.suppress(ActorUnavailable):  # committed: a restart starts it anyway
@@ -200,15 +210,34 @@ def _new_job(
     return new, quote
 
 
-async def charge_and_insert(new: jobs.NewJob, quote: pricing.PriceQuote) -> jobs.JobRow:
-    """Write the job and its charge atomically; 409 for a used code, 402 when money is short.
+def submitter(principal: Principal) -> Submitter:
+    return Submitter.SERVICE if principal.role is Role.SERVICE else Submitter.USER
 
-    Both checks run under the account lock, so concurrent submits of one user are serialised
-    and each sees the other's committed charge and redemption. A refusal writes nothing.
+
+def price_type_not_allowed(price_type: str) -> ApiError:
+    if price_type == "Snapshot":
+        message = "Snapshot is not a render price type; use /v1/snapshots"
+    else:
+        message = f"the account does not hold the {price_type} entitlement"
+    return ApiError(403, "price_type_not_allowed", message, {"price_type": price_type})
+
+
+async def charge_and_insert(
+    new: jobs.NewJob, quote: pricing.PriceQuote, by: Submitter
+) -> jobs.JobRow:
+    """Write the job and its charge atomically; 403 for a price type ``by`` may not submit,
+    409 for a used code, 402 when money is short.
+
+    Every check runs under the account lock, so concurrent submits of one user are serialised
+    and each sees the other's committed charge and redemption, and the entitlements as they
+    stand at that instant. A refusal writes nothing.
     """
     price = new.paid_price_minor
     async with state().db.transaction() as conn:
-        balance = await ledger.lock_account(conn, new.user_id)
+        account = await ledger.lock(conn, new.user_id)
+        if not may_submit(new.price_type, account.entitlements, by):
+            raise price_type_not_allowed(new.price_type)
+        balance = account.balance_minor
         code = new.discount_code
         if code is not None and await jobs.discount_used(conn, new.user_id, code):
             raise conflict(

@@ -9,6 +9,13 @@ live-key index: a concurrent identical request shares the winner's row), its ren
 id; kind and price type ``Snapshot``, one frame, PNG) and any charge; the job's actor is started
 after the commit and the answer is 202 ``Pending``/``Rendering``.
 
+At most ``[snapshots] max_live_per_user`` snapshot jobs of one user are live (not ended) at
+once: a request that would create one more is 429 ``too_many_snapshots`` with ``Retry-After``
+and writes nothing. The count runs in the creating transaction under the account's lock, which
+every creation of that user takes, so concurrent requests cannot pass the cap together. Cached
+answers and requests that share a render under way create no job and are never refused. The
+cap is per user whatever the caller (services cannot request snapshots: they have no user).
+
 The presigned urls live ``[s3] presign_ttl_sec`` (never past the snapshot); ``expires_at`` is
 the snapshot's own expiry: ask again (GET) for fresh urls until then. After it, GET answers 404
 ``snapshot_expired`` (the contract's statuses have no "expired"; the Reaper removes the row
@@ -23,7 +30,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import attrs
-from quart import Blueprint
+from quart import Blueprint, Response
 
 from flatrender.actors import snapshot_objects
 from flatrender.actors.mailbox import ActorUnavailable
@@ -32,7 +39,13 @@ from flatrender.domain import snapshots as snap
 from flatrender.http.auth import acting_user, require_owner
 from flatrender.http.codec import dump
 from flatrender.http.common import body, caller, path_uuid, state
-from flatrender.http.errors import ApiError, insufficient_balance, not_found, unprocessable
+from flatrender.http.errors import (
+    ApiError,
+    error_response,
+    insufficient_balance,
+    not_found,
+    unprocessable,
+)
 from flatrender.persistence import jobs, ledger
 from flatrender.persistence import snapshots as snapshot_db
 from flatrender.persistence.snapshots import SnapshotRow
@@ -40,6 +53,16 @@ from flatrender.persistence.snapshots import SnapshotRow
 bp = Blueprint("snapshots", __name__)
 
 MAX_INT4 = 2**31 - 1
+# A snapshot renders in seconds: by then one of the user's live snapshots has likely ended.
+RETRY_AFTER_SEC = 5
+
+
+class TooManySnapshots(Exception):
+    """The user already has ``limit`` live snapshot jobs (429, nothing written)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} snapshots may render at once")
+        self.limit = limit
 
 
 @attrs.frozen
@@ -59,7 +82,21 @@ def _input_errors(spec: SnapshotIn) -> list[dict[str, str]]:
 
 
 @bp.post("/v1/snapshots")
-async def request_snapshot() -> tuple[dict[str, Any], int, dict[str, str]]:
+async def request_snapshot() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
+    try:
+        return await _request_snapshot()
+    except TooManySnapshots as e:
+        response = error_response(
+            429,
+            "too_many_snapshots",
+            f"{e}; retry when one has finished",
+            {"max_live_per_user": e.limit, "retry_after_sec": RETRY_AFTER_SEC},
+        )
+        response.headers["Retry-After"] = str(RETRY_AFTER_SEC)
+        return response
+
+
+async def _request_snapshot() -> tuple[dict[str, Any], int, dict[str, str]]:
     user_id = acting_user(caller())
     spec = await body(SnapshotIn)
     errors = _input_errors(spec)
@@ -127,7 +164,8 @@ async def _create(
     user_id: UUID, spec: SnapshotIn, found: snapshot_db.Lookup, now: datetime
 ) -> tuple[SnapshotRow, bool]:
     """The snapshot and its job, or the live snapshot that won the key; 402 when a priced
-    snapshot is not covered by the balance (nothing is written then)."""
+    snapshot is not covered by the balance, :class:`TooManySnapshots` when the user has
+    ``max_live_per_user`` live already (nothing is written then)."""
     app = state()
     quote = snap.quote_frame(found.frame_rate, app.config.pricing)
     new = snapshot_db.NewSnapshot(
@@ -145,6 +183,9 @@ async def _create(
         row, created = await snapshot_db.insert(conn, new)
         if not created:
             return row, False
+        limit = app.config.snapshots.max_live_per_user
+        if await snapshot_db.live_jobs(conn, user_id) >= limit:
+            raise TooManySnapshots(limit)
         price = quote.total_minor
         if balance < price:
             raise insufficient_balance("this snapshot", balance, price)

@@ -158,6 +158,19 @@ async def set_job(conn: Connection, snapshot_id: UUID, job_id: UUID) -> None:
     await conn.execute(SET_JOB, snapshot_id, job_id)
 
 
+# Index render_jobs_live_snapshots: a few rows per user at most.
+LIVE_JOBS = """
+SELECT count(*) FROM render_jobs
+WHERE user_id = $1 AND kind = 'Snapshot' AND step NOT IN ('Completed', 'Failed', 'Cancelled')
+"""
+
+
+async def live_jobs(conn: Connection, user_id: UUID) -> int:
+    """The user's snapshot jobs not yet ended. Exact only under the user's account lock, which
+    every snapshot creation takes (a job ending meanwhile can only lower it)."""
+    return int(await conn.fetchval(LIVE_JOBS, user_id))
+
+
 GET = """
 SELECT s.*, p.owner_user_id AS project_owner FROM snapshots s
 JOIN catalog_projects p ON p.saved_project_id = s.saved_project_id WHERE s.id = $1

@@ -103,7 +103,7 @@ async def test_credit_then_read_balance(client, tokens: Tokens) -> None:
     user = uuid4()
     headers = bearer(tokens.service)
     empty = await (await client.get(f"/v1/billing/accounts/{user}", headers=headers)).get_json()
-    assert empty == {"user_id": str(user), "balance_minor": 0}
+    assert empty == {"user_id": str(user), "balance_minor": 0, "entitlements": []}
     for amount, expected in ((500, 500), (250, 750)):
         response = await client.post(
             f"/v1/billing/accounts/{user}/credit", json={"amount_minor": amount}, headers=headers

@@ -261,7 +261,8 @@ def test_billing_extension(doc: Json) -> None:
     account_ref = {"$ref": "#/components/schemas/BillingAccount"}
     read = doc["paths"]["/billing/accounts/{user_id}"]["get"]
     credit = doc["paths"]["/billing/accounts/{user_id}/credit"]["post"]
-    for operation in (read, credit):
+    entitle = doc["paths"]["/billing/accounts/{user_id}/entitlements"]["put"]
+    for operation in (read, credit, entitle):
         assert operation["security"] == [{"ServiceToken": []}]
         assert operation["tags"] == ["Admin"]
         assert operation["responses"]["200"]["content"]["application/json"]["schema"] == (
@@ -272,6 +273,25 @@ def test_billing_extension(doc: Json) -> None:
     amount = doc["components"]["schemas"]["BillingCredit"]["properties"]["amount_minor"]
     assert amount == {"type": "integer", "format": "int64", "minimum": 1}
     assert "402" not in credit["responses"]
+    entitlements = {
+        "type": "array",
+        "items": {"type": "string", "enum": ["Free", "Plan", "Preview", "Reseller"]},
+    }
+    assert "entitlements" in account["required"]
+    assert account["properties"]["entitlements"].items() >= entitlements.items()
+    body = entitle["requestBody"]["content"]["application/json"]["schema"]
+    assert resolve(doc, body)["properties"]["entitlements"].items() >= entitlements.items()
+    assert {"403", "404", "422"} <= set(entitle["responses"])
+
+
+def test_price_type_refusal_and_snapshot_cap_are_documented(doc: Json) -> None:
+    refused = {"$ref": "#/components/responses/PriceTypeNotAllowed"}
+    assert doc["paths"]["/renders"]["post"]["responses"]["403"] == refused
+    assert doc["paths"]["/renders/{job_id}/retry"]["post"]["responses"]["403"] == refused
+    assert "price_type_not_allowed" in str(doc["components"]["responses"]["PriceTypeNotAllowed"])
+    capped = doc["paths"]["/snapshots"]["post"]["responses"]["429"]
+    assert capped == {"$ref": "#/components/responses/TooManySnapshots"}
+    assert "Retry-After" in doc["components"]["responses"]["TooManySnapshots"]["headers"]
 
 
 def test_openapi_json_is_public(doc: Json) -> None:

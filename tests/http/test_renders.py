@@ -159,6 +159,7 @@ async def test_price_examples(
 ) -> None:
     project_id = await make_project(db, tokens.user_id)
     await ledger.credit(db, tokens.user_id, 1_000)
+    await entitle(db, tokens.user_id)
     status, job = await submit(api, tokens.user, render_body(project_id, **changes))
     assert status == 201, job
     assert (job["paid_price_minor"], job["frame_rate"]) == (price, frame_rate)
@@ -170,6 +171,7 @@ async def test_price_examples(
 
 async def test_free_job_writes_no_charge_entry(api, db, tokens: Tokens) -> None:
     project_id = await make_project(db, tokens.user_id)
+    await entitle(db, tokens.user_id)
     status, job = await submit(api, tokens.user, render_body(project_id, price_type="Free"))
     assert status == 201, job
     assert job["priority_queue"] == "Free"
@@ -281,7 +283,6 @@ async def test_unknown_or_foreign_project_is_404(api, db, tokens: Tokens) -> Non
         ({"quality": "Ultra"}, "$.quality", "Lossless"),
         ({"resolution": "8K"}, "$.resolution", "FourK"),
         ({"price_type": "Gold"}, "$.price_type", "Reseller"),
-        ({"price_type": "Snapshot"}, "$.price_type", "/v1/snapshots"),
         ({"frame_rate": 29}, "$.frame_rate", "24, 25, 30, 60"),
         ({"frame_rate": "30"}, "$.frame_rate", "integer"),
         ({"frame_rate": 30, "is_60_fps": True}, "$.is_60_fps", "frame_rate is 30"),
@@ -309,12 +310,10 @@ async def test_missing_required_field_is_422(api, db, tokens: Tokens, missing: s
     assert error_fields(answer) == [f"$.{missing}"]
 
 
-async def test_submit_needs_a_user(api, db, tokens: Tokens) -> None:
+async def test_submit_needs_a_token(api, db, tokens: Tokens) -> None:
     project_id = await make_project(db, tokens.user_id)
     response = await api.post("/v1/renders", json=render_body(project_id))
     assert response.status_code == 401
-    status, body = await submit(api, tokens.service, render_body(project_id))
-    assert (status, body["error"]["code"]) == (403, "forbidden")
     status, _ = await submit(api, "not-a-token", render_body(project_id))
     assert status == 401
 
@@ -322,7 +321,15 @@ async def test_submit_needs_a_user(api, db, tokens: Tokens) -> None:
 # ------------------------------------------------------------------ reads
 
 
-async def free_jobs(api: Any, token: str, project_id: UUID, n: int) -> list[str]:
+async def entitle(db: Database, user_id: UUID) -> None:
+    """Let the user submit every price type (the rule itself: test_entitlements.py)."""
+    await ledger.set_entitlements(db, user_id, ("Free", "Plan", "Preview", "Reseller"))
+
+
+async def free_jobs(api: Any, db: Database, token: str, project_id: UUID, n: int) -> list[str]:
+    project = await catalog.get(db, project_id)
+    assert project is not None
+    await entitle(db, project.owner_user_id)
     ids = []
     for _ in range(n):
         status, job = await submit(api, token, render_body(project_id, price_type="Free"))
@@ -334,8 +341,8 @@ async def free_jobs(api: Any, token: str, project_id: UUID, n: int) -> list[str]
 async def test_list_is_own_jobs_newest_first_paged(api, db, tokens: Tokens) -> None:
     mine = await make_project(db, tokens.user_id)
     theirs = await make_project(db, tokens.other_user_id)
-    ids = await free_jobs(api, tokens.user, mine, 3)
-    await free_jobs(api, tokens.other_user, theirs, 2)
+    ids = await free_jobs(api, db, tokens.user, mine, 3)
+    await free_jobs(api, db, tokens.other_user, theirs, 2)
 
     response = await api.get("/v1/renders?page_size=2", headers=bearer(tokens.user))
     first = await response.get_json()
@@ -353,7 +360,7 @@ async def test_list_is_own_jobs_newest_first_paged(api, db, tokens: Tokens) -> N
 
 async def test_list_filters_by_step(api, db, tokens: Tokens) -> None:
     project_id = await make_project(db, tokens.user_id)
-    ids = await free_jobs(api, tokens.user, project_id, 2)
+    ids = await free_jobs(api, db, tokens.user, project_id, 2)
     await db.execute("UPDATE render_jobs SET step = 'Failed' WHERE id = $1", UUID(ids[0]))
     headers = bearer(tokens.user)
     failed = await (await api.get("/v1/renders?status=Failed", headers=headers)).get_json()
@@ -410,7 +417,7 @@ async def add_frame_job_and_export(db: Database, job_id: UUID, user_id: UUID) ->
 
 async def test_detail_for_owner_admin_and_service(api, db, tokens: Tokens) -> None:
     project_id = await make_project(db, tokens.user_id)
-    [job_id] = await free_jobs(api, tokens.user, project_id, 1)
+    [job_id] = await free_jobs(api, db, tokens.user, project_id, 1)
     export_id = await add_frame_job_and_export(db, UUID(job_id), tokens.user_id)
     for token in (tokens.user, tokens.admin, tokens.service):
         response = await api.get(f"/v1/renders/{job_id}", headers=bearer(token))
@@ -441,14 +448,14 @@ async def test_detail_for_owner_admin_and_service(api, db, tokens: Tokens) -> No
 
 async def test_detail_without_export_or_ranges(api, db, tokens: Tokens) -> None:
     project_id = await make_project(db, tokens.user_id)
-    [job_id] = await free_jobs(api, tokens.user, project_id, 1)
+    [job_id] = await free_jobs(api, db, tokens.user, project_id, 1)
     detail = await (await api.get(f"/v1/renders/{job_id}", headers=bearer(tokens.user))).get_json()
     assert (detail["frame_jobs"], detail["export"]) == ([], None)
 
 
 async def test_detail_of_another_users_or_unknown_job_is_404(api, db, tokens: Tokens) -> None:
     project_id = await make_project(db, tokens.user_id)
-    [job_id] = await free_jobs(api, tokens.user, project_id, 1)
+    [job_id] = await free_jobs(api, db, tokens.user, project_id, 1)
     for path in (f"/v1/renders/{job_id}", f"/v1/renders/{uuid4()}"):
         response = await api.get(path, headers=bearer(tokens.other_user))
         assert response.status_code == 404
@@ -460,7 +467,7 @@ async def test_detail_of_another_users_or_unknown_job_is_404(api, db, tokens: To
 
 async def test_logs_oldest_first_filtered_by_level(api, db, tokens: Tokens) -> None:
     project_id = await make_project(db, tokens.user_id)
-    [job_id] = await free_jobs(api, tokens.user, project_id, 1)
+    [job_id] = await free_jobs(api, db, tokens.user, project_id, 1)
     node_id = uuid4()
     for level in ("debug", "warn", "error"):
         await jobs.log(db, UUID(job_id), level, f"a {level} line", node_id=node_id, meta={"n": 1})
@@ -487,7 +494,7 @@ async def test_logs_oldest_first_filtered_by_level(api, db, tokens: Tokens) -> N
 
 async def test_logs_refuse_bad_level_and_strangers(api, db, tokens: Tokens) -> None:
     project_id = await make_project(db, tokens.user_id)
-    [job_id] = await free_jobs(api, tokens.user, project_id, 1)
+    [job_id] = await free_jobs(api, db, tokens.user, project_id, 1)
     path = f"/v1/renders/{job_id}/logs"
     response = await api.get(f"{path}?level=trace", headers=bearer(tokens.user))
     assert response.status_code == 422
