@@ -363,6 +363,7 @@ RANGES: tuple[tuple[str, str, float, float], ...] = (
     ("exports", "reap_batch_size", 1, 100_000),
     ("snapshots", "expiry_hours", 1, 24 * 3650),
     ("snapshots", "render_timeout_sec", 0.001, 30 * _DAY),
+    ("snapshots", "max_live_per_user", 1, 1000),
     ("notify", "max_attempts", 1, 1000),
     ("notify", "timeout_sec", 0.001, 3600),
     ("notify", "poll_interval_sec", 0.001, 3600),
