@@ -51,6 +51,16 @@ async def test_a_number_out_of_range_on_the_server_is_refused_data(db: Database)
     assert "out of range" in refused.value.reason
 
 
+async def test_a_lone_surrogate_and_nul_in_jsonb_are_refused_data(db: Database) -> None:
+    with pytest.raises(DataRefused) as surrogate:
+        await db.fetchval("SELECT $1::text", "a\ud800b")
+    assert surrogate.value.sqlstate is None and "surrogates not allowed" in surrogate.value.reason
+    assert surrogate.value.reason.isprintable()
+    with pytest.raises(DataRefused) as nul:
+        await db.fetchval("SELECT $1::jsonb", {"reason": "\x00"})
+    assert nul.value.sqlstate == "22P05"  # untranslatable_character
+
+
 async def test_a_broken_check_constraint_is_refused_data(db: Database) -> None:
     with pytest.raises(DataRefused) as refused:
         await db.execute(INSERT_NODE, uuid4(), "n1", -1)
