@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Sequence
 from uuid import UUID
 
-import asyncpg
 import attrs
 import trio
 from asyncpg import exceptions as pg
@@ -75,12 +74,10 @@ _record = operator.attrgetter(*SAMPLE_COLUMNS)
 
 
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, DataRefused):
+        return False  # a value refused: the same batch fails the same way every time
     if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
         exc = exc.__cause__
-    # asyncpg's client-side DataError (a value it cannot encode) is an InterfaceError, which
-    # db.UNAVAILABLE_ERRORS counts as an outage.
-    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
-        return False
     return isinstance(exc, _TRANSIENT)
 
 
