@@ -249,3 +249,26 @@ async def test_the_http_layer_answers_refused_data_422_never_503(
         {"field": "$", "message": "value out of int32 range"}
     ]
     assert "SELECT" not in body["error"]["message"]
+
+
+async def test_over_http_fifty_refused_cache_updates_leave_the_node_serving(
+    client: Any, db: Database, actor_system: ActorSystem
+) -> None:
+    from tests.http.test_internal import NodeClient
+
+    node_id = await register(actor_system)
+    agent = NodeClient(client, node_id)
+    assert (await agent.heartbeat()).status_code == 200
+    path = f"/v1/internal/nodes/{node_id}/cache-update"
+
+    for i in range(POISONED):  # each body differs: no two requests share a signature
+        body = {"action": "Downloaded", "aep_file_md5": f"{i:032x}", "cache_used_gb": 2**31}
+        response = await agent.post(path, body)
+        assert response.status_code == 422
+        assert (await response.get_json())["error"]["code"] == "validation_failed"
+
+    assert await db.fetchval("SELECT cached_template_md5s FROM nodes WHERE id = $1", node_id) == []
+    good = {"action": "Downloaded", "aep_file_md5": "f" * 32, "cache_used_gb": 2}
+    assert (await agent.post(path, good)).status_code == 204
+    assert (await agent.heartbeat()).status_code == 200
+    assert set(restarts(actor_system).values()) == {0}
