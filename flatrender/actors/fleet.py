@@ -15,7 +15,13 @@ from uuid import UUID
 import trio
 
 from flatrender.actors import mailbox, node
-from flatrender.actors.supervisor import ChildSpec, ChildUnavailable, Restart, Supervisor
+from flatrender.actors.supervisor import (
+    ChildSpec,
+    ChildUnavailable,
+    Restart,
+    Supervisor,
+    SupervisorStatistics,
+)
 from flatrender.domain.model import CommandType, NodeCommand
 from flatrender.persistence import nodes
 from flatrender.persistence.db import Database
@@ -88,6 +94,11 @@ class Fleet:
             await node.NodeActor.run(self.deps, node_id, loaded, task_status=task_status)
 
         return ChildSpec(id=str(node_id), factory=factory, restart=Restart.PERMANENT)
+
+    def statistics(self) -> SupervisorStatistics:
+        """Each running actor's state and restart count; none while the supervisor is down."""
+        supervisor = self._supervisor
+        return SupervisorStatistics({}) if supervisor is None else supervisor.statistics()
 
     def size(self) -> int:
         """Registered nodes (known from the start-up load on, before every actor runs)."""

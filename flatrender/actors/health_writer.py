@@ -16,13 +16,17 @@ from collections import deque
 from collections.abc import Sequence
 from uuid import UUID
 
-import asyncpg
 import attrs
 import trio
 from asyncpg import exceptions as pg
 
 from flatrender.domain.model import HealthSample
-from flatrender.persistence.db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
+from flatrender.persistence.db import (
+    UNAVAILABLE_ERRORS,
+    Database,
+    DatabaseUnavailable,
+    DataRefused,
+)
 from flatrender.persistence.health import SAMPLE_COLUMNS
 
 logger = logging.getLogger("flatrender.health_writer")
@@ -70,13 +74,24 @@ _record = operator.attrgetter(*SAMPLE_COLUMNS)
 
 
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, DataRefused):
+        return False  # a value refused: the same batch fails the same way every time
     if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
         exc = exc.__cause__
-    # asyncpg's client-side DataError (a value it cannot encode) is an InterfaceError, which
-    # db.UNAVAILABLE_ERRORS counts as an outage.
-    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
-        return False
     return isinstance(exc, _TRANSIENT)
+
+
+def check_sample(sample: HealthSample) -> None:
+    """Raise `DataRefused` for a sample the table cannot hold (an integer outside int4)."""
+    frame = sample.current_frame
+    for name, value in (
+        ("cpu_pct", sample.cpu_pct),
+        ("ram_available_mb", sample.ram_available_mb),
+        ("cache_used_gb", sample.cache_used_gb),
+        ("current_frame", frame if frame is not None else 0),
+    ):
+        if value not in _INT4:
+            raise DataRefused(f"{name} is out of range")
 
 
 @attrs.frozen
@@ -124,18 +139,11 @@ class HealthWriter:
         """Buffer `sample` without blocking or yielding; safe from any trio task.
 
         Returns False when the buffer was full and its oldest sample was dropped to make room.
-        Samples submitted while `run` is not running wait for its next start. Raises ValueError
-        for a sample the table cannot hold (an integer outside int4), which would otherwise
-        poison the whole batch it lands in.
+        Samples submitted while `run` is not running wait for its next start. Raises
+        `DataRefused` for a sample the table cannot hold (`check_sample`), which would
+        otherwise poison the whole batch it lands in.
         """
-        frame = sample.current_frame
-        if (
-            sample.cpu_pct not in _INT4
-            or sample.ram_available_mb not in _INT4
-            or sample.cache_used_gb not in _INT4
-            or (frame is not None and frame not in _INT4)
-        ):
-            raise ValueError(f"health sample out of range: {sample!r}")
+        check_sample(sample)
         self._submitted += 1
         full = len(self._buffer) == self._buffer.maxlen
         if full:

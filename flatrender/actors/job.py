@@ -38,7 +38,7 @@ from flatrender.actors.job_messages import ReportFrame as ReportFrame
 from flatrender.actors.job_messages import WorkDropped as WorkDropped
 from flatrender.actors.job_messages import _Merged, _Validated
 from flatrender.actors.job_reports import JobReports
-from flatrender.actors.mailbox import answer, fail
+from flatrender.actors.mailbox import MESSAGE_ERRORS, answer, fail, refuse
 from flatrender.domain import job_steps as js
 from flatrender.domain.model import CommandType
 from flatrender.domain.splitting import trim_point
@@ -125,12 +125,7 @@ class JobActor(JobReports):
                     # Crash and frame reports (answered right after their commit) need not wait
                     # for the messages earlier decisions send to nodes; the rest sees them sent.
                     await self._drain()
-                try:
-                    await self._dispatch(message)
-                except BaseException:
-                    if message.reply is not None:
-                        fail(message.reply)
-                    raise
+                await self._serve_one(message)
             await self._drain()
             await self._release_all_nodes()
         finally:
@@ -143,10 +138,31 @@ class JobActor(JobReports):
             inbox.close()
         log.info("job %s is %s", self.state.job_id, self.state.step.value)
 
+    async def _serve_one(self, message: Message) -> None:
+        """Handle one message. One whose data is refused (``MESSAGE_ERRORS``) is answered with
+        the error and the actor goes on: its commit failed, so its state is as it was. Anything
+        else fails the message and crashes the actor."""
+        try:
+            await self._dispatch(message)
+        except MESSAGE_ERRORS as e:
+            refuse(f"job {self.state.job_id}", message, message.reply, e)
+        except BaseException:
+            if message.reply is not None:
+                fail(message.reply)
+            raise
+
     async def _serve_reports(self, reports: list[ReportFrame]) -> None:
-        """Frame reports waiting together are committed together; each is answered after."""
+        """Frame reports waiting together are committed together; each is answered after. When
+        one report's data spoils the batch's commit, each is served on its own, so that only
+        the bad one is refused."""
+        if len(reports) == 1:
+            await self._serve_one(reports[0])
+            return
         try:
             await self._report_frames(reports)
+        except MESSAGE_ERRORS:
+            for message in reports:
+                await self._serve_one(message)  # answers to those answered already are moot
         except BaseException:
             for message in reports:
                 fail(message.reply)  # a no-op for those answered after the commit
@@ -193,7 +209,7 @@ class JobActor(JobReports):
             case AssignReplica(node_id=node_id):
                 answer(message.reply, await self._assign_replica(node_id))
             case ReportFrame():
-                await self._serve_reports([message])
+                await self._report_frames([message])
             case ReplicaReady():
                 answer(message.reply, await self._replica_ready(message))
             case CrashReported(report=report):

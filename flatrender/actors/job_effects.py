@@ -100,7 +100,15 @@ class JobEffects(JobNodes):
         perform the effects that are messages (see :meth:`_committed` for ``wait_out``)."""
         write = self._write_of(decision, also=also, reports=reports)
         if write is not None:
-            self.revision = await self.deps.db.atomic(write)
+            kept = (self.cancel_reason, self.preview_b64)
+            try:
+                self.revision = await self.deps.db.atomic(write)
+            except BaseException:
+                # An ``also`` body sets these for the job-end payload written after it in the
+                # same transaction; not committed, they are not the actor's either (a refused
+                # write leaves the state as it was: MESSAGE_ERRORS).
+                self.cancel_reason, self.preview_b64 = kept
+                raise
         await self._committed(decision, on_committed=on_committed, also=also, wait_out=wait_out)
 
     def _write_of(

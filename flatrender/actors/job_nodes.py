@@ -19,7 +19,7 @@ import trio
 
 from flatrender.actors import node
 from flatrender.actors.fleet import NodeUnknown
-from flatrender.actors.mailbox import ActorUnavailable
+from flatrender.actors.mailbox import MESSAGE_ERRORS, ActorUnavailable
 from flatrender.domain import job_steps as js
 from flatrender.domain.model import CommandType
 
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from flatrender.actors.job_effects import JobDeps
 
 log = logging.getLogger("flatrender.job")
+
+# A node that cannot be told now (gone, restarting) or that refused the message's data: the
+# outbox logs it and goes on; the node's next heartbeats and the job's fencing settle the rest.
+_NOT_TOLD: tuple[type[Exception], ...] = (NodeUnknown, ActorUnavailable, *MESSAGE_ERRORS)
 
 
 class JobNodes:
@@ -85,6 +89,11 @@ class JobNodes:
             )
         except (node.NodeNotIdle, NodeUnknown, ActorUnavailable):
             return False
+        except MESSAGE_ERRORS as e:
+            # Declined like a busy node: an offer made side by side with others (a batch of
+            # ranges) must not fail theirs, which their nodes may have committed already.
+            log.warning("job %s: node %s refused %s: %s", self.state.job_id, node_id, kind.value, e)
+            return False
         return True
 
     async def _tell_node(
@@ -92,7 +101,7 @@ class JobNodes:
     ) -> None:
         try:
             await self.deps.fleet.call(node_id, lambda reply: node.Enqueue(kind, payload, reply))
-        except (NodeUnknown, ActorUnavailable) as e:
+        except _NOT_TOLD as e:
             log.warning(
                 "job %s: could not tell node %s to %s: %s",
                 self.state.job_id,
@@ -106,7 +115,7 @@ class JobNodes:
             await self.deps.fleet.call(
                 node_id, lambda reply: node.Unassign(work_id, succeeded, reply)
             )
-        except (NodeUnknown, ActorUnavailable) as e:
+        except _NOT_TOLD as e:
             log.warning("job %s: could not release node %s: %s", self.state.job_id, node_id, e)
 
     async def _release_all_nodes(self) -> None:

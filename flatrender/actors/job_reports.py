@@ -60,6 +60,7 @@ class JobReports(JobEffects):
         state, effects = self.state, list[js.Effect]()
         rows: list[job_state.FrameReport] = []
         accepted: list[bool] = []
+        first_frames: list[UUID] = []
         for message in reports:
             if self.state.range(message.range_id) is None:
                 # Not this job's range: refused (the HTTP layer answers 404 for it) unlogged.
@@ -70,7 +71,7 @@ class JobReports(JobEffects):
             if decision.outcome is js.Outcome.UNCHANGED:
                 accepted.append(True)  # a repeated report: already recorded
                 continue
-            self._first_frame_at.setdefault(message.range_id, trio.current_time())
+            first_frames.append(message.range_id)
             state = decision.state
             effects.extend(decision.effects)
             accepted.append(not decision.fenced)
@@ -86,6 +87,9 @@ class JobReports(JobEffects):
                 )
 
         def answer_all() -> None:
+            now = trio.current_time()
+            for range_id in first_frames:
+                self._first_frame_at.setdefault(range_id, now)
             for message, ok in zip(reports, accepted, strict=True):
                 answer(message.reply, ok)
 

@@ -13,7 +13,13 @@ from uuid import UUID
 import trio
 
 from flatrender.actors import job, mailbox
-from flatrender.actors.supervisor import ChildSpec, ChildUnavailable, Restart, Supervisor
+from flatrender.actors.supervisor import (
+    ChildSpec,
+    ChildUnavailable,
+    Restart,
+    Supervisor,
+    SupervisorStatistics,
+)
 
 log = logging.getLogger("flatrender.jobs")
 
@@ -55,6 +61,11 @@ class JobSystem:
                 await trio.sleep_forever()
             finally:
                 self._supervisor = None
+
+    def statistics(self) -> SupervisorStatistics:
+        """Each running actor's state and restart count; none while the supervisor is down."""
+        supervisor = self._supervisor
+        return SupervisorStatistics({}) if supervisor is None else supervisor.statistics()
 
     async def _start(self, supervisor: Supervisor, job_id: UUID) -> None:
         async def factory(*, task_status: trio.TaskStatus[Any]) -> None:

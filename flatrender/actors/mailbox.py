@@ -3,19 +3,35 @@
 The caller owns the slot and waits with a timeout; the actor answers with :func:`answer` or, when
 handling failed, :func:`fail` (which closes the slot so the caller learns at once instead of
 waiting out its timeout).
+
+One message's data can fail its handling without anything being wrong with the actor: the
+database refuses a value (:class:`DataRefused`: NUL in text, a number out of range). Such an
+error is one of :data:`MESSAGE_ERRORS`: every actor's loop answers it to the message's sender,
+who raises it (a 4xx at the HTTP edge), and goes on to its next message. That is safe because
+actors commit before they change their state: a refused commit leaves the state as it was.
+Anything else a handler raises is a bug and crashes the actor, for its supervisor to restart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from flatrender.persistence.db import DataRefused
+
+log = logging.getLogger("flatrender.actors")
+
 
 class ActorUnavailable(Exception):
     """The actor did not answer: it is restarting, stopped, or overloaded."""
+
+
+# Errors that fail one message, not the actor handling it (see the module docstring).
+MESSAGE_ERRORS: tuple[type[Exception], ...] = (DataRefused,)
 
 
 _CLOSED: Any = object()  # the slot was closed without an answer: the actor failed
@@ -121,3 +137,15 @@ def answer(reply: Reply, value: Any) -> None:
 
 def fail(reply: Reply) -> None:
     reply.close()
+
+
+def refuse(who: str, message: object, reply: Reply | None, error: Exception) -> None:
+    """Answer a message that failed with one of :data:`MESSAGE_ERRORS` (``who`` handled it):
+    its sender raises ``error``. A message nobody waits for (a background result) has nobody
+    to tell: that is logged as an error, since what it reported is lost."""
+    name = type(message).__name__
+    if reply is None:
+        log.error("%s: %s refused, nobody to tell: %s", who, name, error)
+        return
+    log.warning("%s: %s refused: %s", who, name, error)
+    answer(reply, error)

@@ -19,7 +19,8 @@ from uuid import UUID, uuid4
 import attrs
 import trio
 
-from flatrender.actors.mailbox import answer, fail
+from flatrender.actors.health_writer import check_sample
+from flatrender.actors.mailbox import MESSAGE_ERRORS, answer, fail, refuse
 from flatrender.actors.node_messages import Assign as Assign
 from flatrender.actors.node_messages import CacheChanged as CacheChanged
 from flatrender.actors.node_messages import CrashOutcome as CrashOutcome
@@ -148,8 +149,13 @@ class NodeActor(NodeWork):
                     await self._handle(message)
 
     async def _handle(self, message: Message) -> None:
+        """Handle one message. One whose data is refused (``MESSAGE_ERRORS``) is answered with
+        the error and the actor goes on: every change is committed before it is made here, so
+        a refused commit leaves the state as it was. Anything else crashes the actor."""
         try:
             await self._dispatch(message)
+        except MESSAGE_ERRORS as e:
+            refuse(f"node {self.node_id}", message, message.reply, e)
         except BaseException:
             fail(message.reply)
             raise
@@ -160,14 +166,15 @@ class NodeActor(NodeWork):
                 answer(message.reply, await self._heartbeat(message))
             case Online(info=info):
                 now = self.deps.clock()
-                self.deadline = trio.current_time() + self.deps.policy().heartbeat_timeout_sec
-                self.md5s = tuple(info.cached_template_md5s)
 
                 async def write(conn: Connection) -> None:
                     await nodes.save_online(conn, self.node_id, info, now)
 
-                self.assigned.clear()
                 await self._apply(ns.Online(now), write)
+                # A restarted agent holds no work (a lost node's was requeued by the effects).
+                self.assigned.clear()
+                self.md5s = tuple(info.cached_template_md5s)
+                self.deadline = trio.current_time() + self.deps.policy().heartbeat_timeout_sec
                 log.info(
                     "node %s online (agent %s, AE %s)",
                     self.node_id,
@@ -183,8 +190,9 @@ class NodeActor(NodeWork):
                     md5s.discard(md5)
                 else:
                     log.warning("node %s failed to cache template %s", self.node_id, md5)
-                self.md5s = tuple(sorted(md5s))
-                await nodes.save_cache(self.deps.db, self.node_id, list(self.md5s), used)
+                cached = tuple(sorted(md5s))
+                await nodes.save_cache(self.deps.db, self.node_id, list(cached), used)
+                self.md5s = cached
                 answer(message.reply, None)
             case Enqueue():
                 answer(message.reply, await self._enqueue(message))
@@ -205,6 +213,7 @@ class NodeActor(NodeWork):
                 raise AssertionError(f"unknown message {message!r}")
 
     async def _heartbeat(self, message: Heartbeat) -> HeartbeatAnswer:
+        check_sample(message.sample)  # refused before anything changes, not after
         policy = self.deps.policy()
         if message.acked:
             await self._ack(message.acked)

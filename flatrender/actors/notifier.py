@@ -24,6 +24,7 @@ import attrs
 import httpx
 import trio
 
+from flatrender.actors.mailbox import MESSAGE_ERRORS
 from flatrender.clock import utc_now
 from flatrender.config import Config, NotifyConfig
 from flatrender.domain import notify, signing
@@ -75,6 +76,8 @@ class Notifier:
                             pass  # a backlog: keep going without waiting
                     except _DB_DOWN as e:
                         log.warning("notifications wait, database unavailable: %s", e)
+                    except MESSAGE_ERRORS as e:
+                        log.error("notifications wait, the database refused a write: %s", e)
                 with trio.move_on_after(cfg.poll_interval_sec):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -111,7 +114,9 @@ class Notifier:
             if not notify.delivered(answer.status_code):
                 error = f"webhook answered {answer.status_code}"
         except httpx.HTTPError as e:
-            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            # Text from the wire and the receiver: kept printable, so that PostgreSQL can store
+            # it (a NUL would fail the row's every attempt and the Notifier with it).
+            error = _printable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         now = self._now()
         if error is None:
             await notifications.mark_delivered(self._db, pending.id, now)
@@ -147,3 +152,7 @@ class Notifier:
 
     def statistics(self) -> NotifierStatistics:
         return NotifierStatistics(self._delivered, self._failed, self._abandoned)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)

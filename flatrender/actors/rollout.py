@@ -26,7 +26,7 @@ import trio
 
 from flatrender.actors import node
 from flatrender.actors.fleet import Fleet, NodeUnknown
-from flatrender.actors.mailbox import ActorUnavailable
+from flatrender.actors.mailbox import MESSAGE_ERRORS, ActorUnavailable
 from flatrender.clock import utc_now
 from flatrender.config import Config, UpdatesConfig
 from flatrender.domain import rollout
@@ -114,6 +114,11 @@ class RolloutActor:
             except (DatabaseUnavailable, StorageUnavailable) as e:
                 report.skipped.append(update.id)
                 log.warning("rollout of update #%d paused: %s", update.update_number, e)
+            except MESSAGE_ERRORS as e:
+                # One update's data, refused every round: it must not stop the others (nor
+                # crash the actor in a loop); an operator halts or fixes it.
+                report.skipped.append(update.id)
+                log.error("rollout of update #%d refused: %s", update.update_number, e)
         return report
 
     async def _advance(self, update: updates.Pending, report: TickReport) -> None:

@@ -21,7 +21,7 @@ import trio
 
 from flatrender.actors import job
 from flatrender.actors.jobs import JobSystem, JobUnknown
-from flatrender.actors.mailbox import ActorUnavailable
+from flatrender.actors.mailbox import MESSAGE_ERRORS, ActorUnavailable
 from flatrender.config import Config
 from flatrender.domain.pricing import queue_ranks
 from flatrender.domain.scheduling import NodeCandidate, WorkItem, by_job, match, passed_over
@@ -31,6 +31,9 @@ log = logging.getLogger("flatrender.scheduler")
 # Jobs offered their share of a round concurrently (each commits on its own connection).
 OFFERS_AT_ONCE = 4
 _SKIPPABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
+# A job that cannot take an offer now, or whose actor refused it (its data): the next round
+# offers again; the round and the scheduler go on.
+_DECLINED: tuple[type[BaseException], ...] = (JobUnknown, ActorUnavailable, *MESSAGE_ERRORS)
 
 # The queue order of ``scheduling.queue_key`` in SQL, so that a LIMIT keeps the head of the
 # queue (an unknown queue sorts last; ``queue_key`` refuses it).
@@ -129,6 +132,8 @@ class Scheduler:
                 await self.round()
             except _SKIPPABLE as e:
                 log.warning("scheduling round skipped, database unavailable: %s", e)
+            except MESSAGE_ERRORS as e:
+                log.error("scheduling round refused by the database: %s", e)
 
     async def round(self) -> int:
         """One matching round; returns how many pieces of work were handed to nodes."""
@@ -180,7 +185,7 @@ class Scheduler:
         for r in await self.db.fetch(TRIMMABLE, smallest, idle_nodes):
             try:
                 trimmed += bool(await self.jobs.call(r["job_id"], job.OfferTail))
-            except (JobUnknown, ActorUnavailable):
+            except _DECLINED:
                 continue
         self.stats.trimmed += trimmed
         return trimmed
@@ -189,7 +194,7 @@ class Scheduler:
         """Offer a job its ranges of the round; how many the nodes took."""
         try:
             taken = await self.jobs.call(job_id, lambda reply: job.AssignRanges(batch, reply))
-        except (JobUnknown, ActorUnavailable):
+        except _DECLINED:
             return 0
         return len(taken)
 
@@ -203,7 +208,7 @@ class Scheduler:
 
         try:
             return bool(await self.jobs.call(item.job_id, make))
-        except (JobUnknown, ActorUnavailable):
+        except _DECLINED:
             return False
 
     async def _work(self) -> tuple[list[WorkItem], set[UUID]]:
@@ -246,7 +251,7 @@ class Scheduler:
                 await self.jobs.call(
                     r["job_id"], lambda reply, n=r["node_id"]: job.NodeGone(n, reply)
                 )
-            except (JobUnknown, ActorUnavailable):
+            except _DECLINED:
                 continue
 
 

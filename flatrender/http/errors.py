@@ -13,7 +13,7 @@ from typing import Any
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from flatrender.persistence.db import DatabaseUnavailable
+from flatrender.persistence.db import DatabaseUnavailable, DataRefused
 from flatrender.storage import StorageError, StorageUnavailable
 
 log = logging.getLogger("flatrender.http")
@@ -101,6 +101,19 @@ def register_error_handlers(app: Quart) -> None:
     async def _db_unavailable(error: DatabaseUnavailable) -> Response:
         log.warning("database unavailable: %s", error)
         return error_response(503, "database_unavailable", "the database is unavailable, retry")
+
+    @app.errorhandler(DataRefused)
+    async def _data_refused(error: DataRefused) -> Response:
+        # A value of the request the database cannot hold (NUL in text, a number out of
+        # range): the client's to fix, never an outage.
+        log.warning("the database refused a value of the request: %s", error.reason)
+        message = f"a value of the request was refused: {error.reason}"
+        return error_response(
+            422,
+            "validation_failed",
+            message,
+            {"errors": [{"field": "$", "message": error.reason}]},
+        )
 
     @app.errorhandler(StorageUnavailable)
     async def _storage_unavailable(error: StorageUnavailable) -> Response:

@@ -2,12 +2,16 @@
 
 Owns: one triopg pool per process. Callers run statements through the pool's proxy methods or,
 for anything multi-row, inside :meth:`Database.transaction`. Database outages surface as
-:class:`DatabaseUnavailable` so the HTTP layer can answer 503 instead of 500.
+:class:`DatabaseUnavailable` so the HTTP layer can answer 503 instead of 500; a value the
+database refuses (the statement's data is at fault, not the database) surfaces as
+:class:`DataRefused`, which the HTTP layer answers 422 and an actor answers to the message's
+sender without crashing.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -15,6 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 import trio_asyncio
 import triopg
+from asyncpg.exceptions import _base as asyncpg_base
 
 # Errors that mean "the database is not reachable right now", not "the statement is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -26,8 +31,69 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Errors that mean "this statement's data is refused", whatever retries: a value asyncpg cannot
+# encode for its parameter (client side: an int outside int4, a str for a uuid), a data
+# exception (SQLSTATE class 22: NUL or bad encoding in text, a number out of range, a bad
+# date), and a CHECK constraint a value breaks. Other integrity violations stay asyncpg's own
+# errors: unique, foreign-key and exclusion violations are caught deliberately by their callers
+# (a name taken, a race lost), and a NOT NULL violation is a bug of ours, not a client's value.
+# Listed before UNAVAILABLE_ERRORS wherever both are caught: the client-side DataError is an
+# InterfaceError too.
+REFUSED_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg_base.DataError,
+    asyncpg.DataError,
+    asyncpg.CheckViolationError,
+)
+
+
 class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached; the request may be retried later."""
+
+
+class DataRefused(Exception):
+    """PostgreSQL (or asyncpg before it) refused a value of the statement; the same data
+    fails the same way on every retry, and the transaction it ran in was rolled back.
+
+    ``reason`` is short and safe to show the client whose data it was: no SQL, no connection
+    details, at most ``MAX_REASON`` characters. ``sqlstate`` is PostgreSQL's code (None for a
+    value asyncpg refused before sending it).
+    """
+
+    MAX_REASON = 200
+
+    def __init__(self, reason: str, sqlstate: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sqlstate = sqlstate
+
+    @classmethod
+    def of(cls, error: Exception) -> DataRefused:
+        # The server's primary message: 'invalid byte sequence for encoding "UTF8": 0x00',
+        # 'value "..." is out of range for type integer'. Never the statement itself.
+        message = getattr(error, "message", None)
+        if isinstance(error, asyncpg_base.DataError) or message is None:
+            # Refused by asyncpg before sending (it raises a DataError of either kind, with no
+            # server message): "invalid input for query argument $2: <the value> (value out
+            # of int32 range)". The value may be long (and is the client's own); the why is
+            # what tells.
+            found = _CLIENT_REASON.search(str(error))
+            reason = found.group(1) if found else "a value cannot be encoded for its column"
+            return cls(_safe(reason))
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(error, asyncpg.CheckViolationError):
+            constraint = getattr(error, "constraint_name", None) or "a check"
+            return cls(_safe(f"a value is outside what is allowed ({constraint})"), sqlstate)
+        return cls(_safe(str(message)), sqlstate)
+
+
+_CLIENT_REASON = re.compile(r"\(([^()]*)\)\s*$")
+
+
+def _safe(text: str) -> str:
+    printable = "".join(c if c.isprintable() else " " for c in text)
+    if len(printable) > DataRefused.MAX_REASON:
+        return printable[: DataRefused.MAX_REASON - 3] + "..."
+    return printable
 
 
 # Sent at connect, so they are the session's defaults and survive the RESET ALL the pool runs
@@ -69,9 +135,14 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
+        """One pooled connection for the body. Raises `DataRefused` for a value the database
+        refuses and `DatabaseUnavailable` when it cannot be reached; other asyncpg errors
+        (a unique violation, ...) pass as they are."""
         try:
             async with self.pool.acquire() as conn:
                 yield conn
+        except REFUSED_ERRORS as e:
+            raise DataRefused.of(e) from e
         except UNAVAILABLE_ERRORS as e:
             raise DatabaseUnavailable(str(e) or type(e).__name__) from e
 
@@ -112,6 +183,8 @@ class Database:
     async def _call(method: Callable[..., Any], *args: Any) -> Any:
         try:
             return await method(*args)
+        except REFUSED_ERRORS as e:
+            raise DataRefused.of(e) from e
         except UNAVAILABLE_ERRORS as e:
             raise DatabaseUnavailable(str(e) or type(e).__name__) from e
 

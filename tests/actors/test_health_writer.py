@@ -18,7 +18,7 @@ import trio.testing
 
 from flatrender.actors.health_writer import HealthWriter
 from flatrender.domain.model import HealthSample
-from flatrender.persistence.db import Database, DatabaseUnavailable
+from flatrender.persistence.db import Database, DatabaseUnavailable, DataRefused
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -284,6 +284,6 @@ async def test_a_batch_the_database_refuses_is_dropped_not_retried_forever(
 
 def test_submit_refuses_a_sample_the_table_cannot_hold() -> None:
     writer = HealthWriter(None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(DataRefused):
         writer.submit(attrs.evolve(sample(uuid4(), 1), cpu_pct=2**31))
     assert writer.statistics().pending == 0
