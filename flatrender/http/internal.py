@@ -108,7 +108,9 @@ def _body_node_id(raw: bytes) -> UUID:
     try:
         data = parse_json(raw)
         return UUID(data["node_id"])
-    except (ApiError, KeyError, TypeError, ValueError, AttributeError):
+    except (ApiError, KeyError, TypeError, ValueError, AttributeError, RecursionError):
+        # Whatever the body is (JSON nested past the parser's depth included), it names no
+        # signer: the request is unauthenticated, and its body is looked at no further.
         raise unauthorized("the body must name the signing node in node_id") from None
 
 

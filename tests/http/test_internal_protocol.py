@@ -99,6 +99,15 @@ async def test_a_malformed_signature_header_is_401_in_the_error_format(
     assert (await error_of(response))["code"] == "unauthorized"
 
 
+async def test_a_body_that_cannot_name_its_signer_is_401(client, registered: UUID) -> None:
+    path = f"/v1/internal/render/jobs/{uuid4()}/crash"
+    for raw in (b"[" * 100_000, b'{"node_id": ' + b"1" * 5000 + b"}", b"\xff", b"[]"):
+        headers = {"X-Node-Signature": f"t={int(time.time())},v1={V1}"}
+        response = await client.post(path, data=raw, headers=headers)
+        assert response.status_code == 401
+        assert (await error_of(response))["code"] == "unauthorized"
+
+
 # ------------------------------------------------------------------ replays
 
 
