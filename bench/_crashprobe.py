@@ -61,7 +61,7 @@ class ProbeNode:
     ) -> None:
         self.name = name
         self.node_id = node_id
-        self.secret = secret
+        self.signer = signing.Signer(secret)
         self.host = f"127.0.0.1:{port}"
         self.port = port
         self.results = results
@@ -76,7 +76,7 @@ class ProbeNode:
 
     def _request(self, path: str, body: dict[str, Any]) -> bytes:
         raw = json.dumps(body).encode()
-        header = signing.sign(self.secret, int(time.time()), "POST", path, raw)
+        header = self.signer.header("POST", path, raw)  # never a signature sent before
         return (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n"

@@ -276,7 +276,7 @@ async def _finish(tasks: Sequence[asyncio.Future[None]], deadline: float | None)
 class OpenLoopNode:
     """One simulated node's view: what to send, and when it is due next."""
 
-    request: Callable[[], bytes]  # builds (or reuses) the signed request
+    request: Callable[[], bytes]  # builds the request, signed anew each time
     interval_from_answer: Callable[[int, bytes], float]  # next interval after an answer
 
 

@@ -10,8 +10,9 @@ Run::
 It starts embedded PostgreSQL and S3 in a temporary folder, migrates, registers N nodes (bulk
 COPY, all ``Offline``), and runs ``flatrender serve`` as a subprocess with HMAC checks and
 persistence on, exactly as in production. The load comes from this process: plain asyncio with
-raw keep-alive HTTP/1.1 connections and pre-encoded, pre-signed requests (re-signed after 200 s),
-so the generator stays cheap on a 2-core machine. Phases, in one run:
+raw keep-alive HTTP/1.1 connections and pre-encoded bodies, each request signed anew (the daemon
+refuses a signature it already accepted: 401 ``replayed``), so the generator stays cheap on a
+2-core machine. Phases, in one run:
 
 1. ceiling: closed loop (every connection back to back) on ``GET /livez``, a trivial endpoint
    of the same app: the HTTP stack's own ceiling, req/s and latency.
@@ -58,7 +59,6 @@ from bench import _loadgen as lg
 from flatrender.domain import signing
 
 HOST = "127.0.0.1"
-RESIGN_AFTER_SEC = 200  # signatures are accepted for 300 s
 MIB = 1024 * 1024
 
 # Targets of issue 3.
@@ -73,29 +73,28 @@ TARGET_RSS_BYTES = 300 * MIB
 
 
 class SimNode:
-    """One node's heartbeat request, signed once and reused until the signature ages."""
+    """One node's heartbeat: its body encoded once per change of acknowledgements, and every
+    request signed anew, never with a signature the daemon has seen (as the agent signs)."""
 
     __slots__ = (
         "node_id",
         "path",
-        "secret",
+        "signer",
         "host",
         "acks",
         "body",
-        "request",
-        "signed_at",
+        "head",
         "fields",
     )
 
     def __init__(self, node_id: UUID, master_key: str, host: str, rng: random.Random) -> None:
         self.node_id = node_id
         self.path = f"/v1/internal/nodes/{node_id}/heartbeat"
-        self.secret = signing.node_secret(master_key, node_id)
+        self.signer = signing.Signer(signing.node_secret(master_key, node_id))
         self.host = host
         self.acks: list[str] = []
         self.body = b""
-        self.request = b""
-        self.signed_at = 0
+        self.head = ""
         self.fields: dict[str, Any] = {  # an idle node's health, as the node agent reports it
             "node_id": str(node_id),
             "status": "Idle",
@@ -108,20 +107,17 @@ class SimNode:
         }
 
     def next_request(self) -> bytes:
-        now = int(time.time())
-        if now - self.signed_at > RESIGN_AFTER_SEC:
-            self._sign(now)
-        return self.request
+        if not self.body:
+            self._encode()
+        header = self.signer.header("POST", self.path, self.body)
+        return f"{self.head}{signing.HEADER}: {header}\r\n\r\n".encode() + self.body
 
-    def _sign(self, now: int) -> None:
+    def _encode(self) -> None:
         self.body = json.dumps({**self.fields, "acked_command_ids": self.acks}).encode()
-        header = signing.sign(self.secret, now, "POST", self.path, self.body)
-        self.request = (
+        self.head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(self.body)}\r\n"
-            f"{signing.HEADER}: {header}\r\n\r\n"
-        ).encode() + self.body
-        self.signed_at = now
+        )
 
     def answered(self, body: bytes) -> float:
         """Take the answer's commands (acknowledged next time); return the asked interval."""
@@ -130,7 +126,7 @@ class SimNode:
         acks = [c["id"] for c in commands]
         if acks != self.acks:
             self.acks = acks
-            self.signed_at = 0  # re-sign with the new acknowledgements
+            self.body = b""  # encoded again with the new acknowledgements
         return float(answer["next_heartbeat_in_sec"])
 
 

@@ -6,6 +6,8 @@ from uuid import UUID
 
 import attrs
 
+from flatrender.domain.signing import HEADER, Signer, sign
+
 
 @attrs.frozen
 class Tokens:
@@ -22,13 +24,16 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+_signers: dict[str, Signer] = {}
+
+
 def signed_headers(
     secret: str, method: str, path: str, raw: bytes, t: int | None = None
 ) -> dict[str, str]:
-    """Headers of a node protocol v1 request (DESIGN §4)."""
-    import time
-
-    from flatrender.domain.signing import HEADER, sign
-
-    stamp = int(time.time()) if t is None else t
-    return {HEADER: sign(secret, stamp, method, path, raw), "Content-Type": "application/json"}
+    """Headers of a node protocol v1 request (DESIGN §4): signed now, never twice alike (the
+    daemon refuses a replayed signature), or at exactly ``t`` when given."""
+    if t is None:
+        header = _signers.setdefault(secret, Signer(secret)).header(method, path, raw)
+    else:
+        header = sign(secret, t, method, path, raw)
+    return {HEADER: header, "Content-Type": "application/json"}

@@ -309,7 +309,7 @@ class JobEffects(JobNodes):
             "SELECT template_md5, template_url FROM catalog_projects WHERE saved_project_id = $1",
             row.saved_project_id,
         )
-        key = f"replicas/{row.saved_project_id}/{row.project_version}.aep"
+        key = job_state.replica_key(row.saved_project_id, row.project_version)
         return {
             "job_id": str(row.id),
             "saved_project_id": str(row.saved_project_id),

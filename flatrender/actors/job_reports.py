@@ -101,6 +101,10 @@ class JobReports(JobEffects):
         )
 
     async def _replica_ready(self, message: ReplicaReady) -> bool:
+        if message.replica_key != job_state.replica_key(
+            self.row.saved_project_id, self.row.project_version
+        ):
+            return False  # not the key this job issued (refused with 422 before it gets here)
         if (
             self.state.step is not js.JobStep.PREPARING
             or self.state.replica_node_id != message.node_id

@@ -147,9 +147,8 @@ class SignedClient:
         self._http = http
         self._api = normalize_api(api)
         self.node_id = node_id
-        self._secret = secret
+        self._signer = signing.Signer(secret, clock)
         self.name = name
-        self._clock = clock
         self.max_backoff = max_backoff
 
     def __repr__(self) -> str:
@@ -161,9 +160,8 @@ class SignedClient:
         url = self._api + path
         headers = {
             "Content-Type": JSON,
-            signing.HEADER: signing.sign(
-                self._secret, int(self._clock()), "POST", urlsplit(url).path, raw
-            ),
+            # A retry is signed anew: the daemon refuses a signature it has seen (replayed).
+            signing.HEADER: self._signer.header("POST", urlsplit(url).path, raw),
         }
         try:
             response = await self._http.post(url, content=raw, headers=headers)

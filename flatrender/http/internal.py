@@ -3,18 +3,20 @@
 Every request is authenticated before its body is trusted: the signer is the node in the path,
 or ``node_id`` in the body for ``/internal/render/jobs/...``. An unknown node, a missing, stale or
 malformed signature, another node's signature and a tampered body all get the same 401. Secrets
-are derived per request and never logged.
+are derived per request and never logged. A signature that verifies is remembered before the
+request is served (:class:`~flatrender.domain.replay.ReplayGuard`, one per app): the same one
+again within the window is a 401 ``replayed``, even while the first is still in flight.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-import attrs
-from quart import Blueprint, request
+from flask.sansio.blueprints import BlueprintSetupState
+from quart import Blueprint, current_app, request
 
 from flatrender.actors import job, node
 from flatrender.actors.fleet import Fleet, NodeUnknown
@@ -23,7 +25,8 @@ from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.clock import utc_now
 from flatrender.domain import signing
 from flatrender.domain.model import HealthSample
-from flatrender.http.codec import parse_json, structure
+from flatrender.domain.replay import Admission, ReplayGuard
+from flatrender.http.codec import parse_json
 from flatrender.http.common import state
 from flatrender.http.errors import (
     ApiError,
@@ -32,13 +35,34 @@ from flatrender.http.errors import (
     unauthorized,
     unprocessable,
 )
-from flatrender.persistence import nodes
+from flatrender.http.node_bodies import (
+    MAX_ERROR_LOG,
+    CacheUpdateIn,
+    CrashIn,
+    FrameIn,
+    HeartbeatIn,
+    OnlineIn,
+    ReplicaReadyIn,
+    validated,
+)
+from flatrender.persistence import job_state, nodes
 
 bp = Blueprint("internal", __name__)
 
-INT4_MAX = 2**31 - 1
-# Crash logs are kept to their tail; the full log lives at log_file_url.
-MAX_ERROR_LOG = 64 * 1024
+_REPLAYS = "flatrender.replays"
+
+
+@bp.record_once
+def _install_replay_guard(setup: BlueprintSetupState) -> None:
+    setup.app.extensions[_REPLAYS] = ReplayGuard()
+
+
+def replays() -> ReplayGuard:
+    guard = current_app.extensions[_REPLAYS]
+    assert isinstance(guard, ReplayGuard)
+    return guard
+
+
 # A node's own clock is trusted for sample times only when it agrees with ours this closely.
 SAMPLE_CLOCK_SKEW = timedelta(seconds=60)
 
@@ -57,24 +81,36 @@ async def signed_body(node_id: UUID | None) -> tuple[UUID, bytes]:
     header = request.headers.get(signing.HEADER)
     if not header:
         raise unauthorized(f"missing {signing.HEADER} header")
+    signed = signing.parse(header)
+    if signed is None:
+        raise unauthorized("bad node signature")
     if node_id is None:
         node_id = _body_node_id(raw)
     auth = state().config.auth
     known = fleet().knows(node_id)
     secret = signing.node_secret(auth.node_master_key, node_id)
-    valid = signing.verify(
-        secret, header, request.method, request.path, raw, time.time(), auth.signature_max_skew_sec
-    )
+    now, window = time.time(), auth.signature_max_skew_sec
+    valid = signing.verify_signed(secret, signed, request.method, request.path, raw, now, window)
     if not (known and valid):
         raise unauthorized("bad node signature")
-    return node_id, raw
+    match replays().admit(node_id, signed, now, window):
+        case Admission.ADMITTED:
+            return node_id, raw
+        case Admission.REPLAYED:
+            raise ApiError(401, "replayed", "this signature was already used: sign each request")
+        case Admission.NODE_FULL | Admission.FULL:
+            raise ApiError(
+                429, "too_many_requests", "too many signed requests within the window, retry"
+            )
 
 
 def _body_node_id(raw: bytes) -> UUID:
     try:
         data = parse_json(raw)
         return UUID(data["node_id"])
-    except (ApiError, KeyError, TypeError, ValueError, AttributeError):
+    except (ApiError, KeyError, TypeError, ValueError, AttributeError, RecursionError):
+        # Whatever the body is (JSON nested past the parser's depth included), it names no
+        # signer: the request is unauthenticated, and its body is looked at no further.
         raise unauthorized("the body must name the signing node in node_id") from None
 
 
@@ -92,81 +128,6 @@ async def call_node(node_id: UUID, make: Any) -> Any:
         raise unauthorized("bad node signature") from None
     except ActorUnavailable:
         raise ApiError(503, "service_unavailable", "the node's actor is busy, retry") from None
-
-
-# ------------------------------------------------------------------ bodies
-
-
-@attrs.frozen
-class HeartbeatIn:
-    cpu_pct: int = 0
-    ram_available_mb: int = 0
-    ae_running: bool = False
-    cache_used_gb: int = 0
-    node_id: UUID | None = None
-    recorded_at: datetime | None = None
-    status: str | None = None
-    current_job_id: UUID | None = None
-    current_frame: int | None = None
-    acked_command_ids: list[UUID] = attrs.Factory(list)
-
-    def errors(self, path_node_id: UUID) -> list[dict[str, str]]:
-        errors = []
-        if self.node_id is not None and self.node_id != path_node_id:
-            errors.append({"field": "$.node_id", "message": "differs from the node in the path"})
-        if not 0 <= self.cpu_pct <= 100:
-            errors.append({"field": "$.cpu_pct", "message": "must be between 0 and 100"})
-        for name in ("ram_available_mb", "cache_used_gb", "current_frame"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= INT4_MAX:
-                errors.append({"field": f"$.{name}", "message": f"must be 0..{INT4_MAX}"})
-        if len(self.acked_command_ids) > 1000:
-            errors.append({"field": "$.acked_command_ids", "message": "at most 1000 ids"})
-        return errors
-
-
-@attrs.frozen
-class OnlineIn:
-    node_agent_version: str
-    current_ae_version: str
-    available_ae_versions: list[str] = attrs.Factory(list)
-    ram_gb: int = 0
-    cpu_cores: int = 0
-    cache_used_gb: int = 0
-    cached_template_md5s: list[str] = attrs.Factory(list)
-
-    def errors(self, _: UUID | None) -> list[dict[str, str]]:
-        errors = []
-        for name in ("ram_gb", "cpu_cores", "cache_used_gb"):
-            if not 0 <= getattr(self, name) <= INT4_MAX:
-                errors.append({"field": f"$.{name}", "message": f"must be 0..{INT4_MAX}"})
-        for name in ("node_agent_version", "current_ae_version"):
-            if not 0 < len(getattr(self, name)) <= 100 or "\x00" in getattr(self, name):
-                errors.append({"field": f"$.{name}", "message": "must be 1..100 characters"})
-        if len(self.cached_template_md5s) > 10_000:
-            errors.append({"field": "$.cached_template_md5s", "message": "at most 10000"})
-        return errors
-
-
-@attrs.frozen
-class CacheUpdateIn:
-    action: str
-    aep_file_md5: str
-    project_id: UUID | None = None
-    file_size_bytes: int | None = None
-    cache_used_gb: int | None = None
-    error_message: str | None = None
-
-
-CACHE_ACTIONS = ("Downloaded", "Evicted", "Verified", "Failed")
-
-
-def validated(raw: bytes, cls: type[Any], path_node_id: UUID | None = None) -> Any:
-    value = structure(parse_json(raw), cls)
-    errors: list[dict[str, str]] = value.errors(path_node_id) if hasattr(value, "errors") else []
-    if errors:
-        raise unprocessable("the request body is invalid", errors)
-    return value
 
 
 # ------------------------------------------------------------------ endpoints
@@ -224,48 +185,11 @@ async def online(node_id: str) -> dict[str, Any]:
 async def cache_update(node_id: str) -> tuple[str, int]:
     nid, raw = await signed_body(path_node(node_id))
     body: CacheUpdateIn = validated(raw, CacheUpdateIn)
-    if body.action not in CACHE_ACTIONS:
-        raise unprocessable(
-            "unknown cache action",
-            [{"field": "$.action", "message": f"must be one of {', '.join(CACHE_ACTIONS)}"}],
-        )
-    if body.cache_used_gb is not None and body.cache_used_gb < 0:
-        raise unprocessable(
-            "cache_used_gb must not be negative",
-            [{"field": "$.cache_used_gb", "message": "must not be negative"}],
-        )
     await call_node(
         nid,
         lambda reply: node.CacheChanged(body.action, body.aep_file_md5, body.cache_used_gb, reply),
     )
     return "", 204
-
-
-@attrs.frozen
-class CrashIn:
-    node_id: UUID
-    frame_job_id: UUID | None = None
-    last_known_frame: int | None = None
-    crash_signal: str = ""
-    ae_version: str = ""
-    error_log_tail: str = ""
-    log_file_url: str = ""
-
-
-@attrs.frozen
-class FrameIn:
-    node_id: UUID
-    frame_job_id: UUID
-    frame_number: int
-    file_size_bytes: int | None = None
-    completed_at: datetime | None = None
-
-
-@attrs.frozen
-class ReplicaReadyIn:
-    node_id: UUID
-    replica_path: str
-    replica_md5: str | None = None
 
 
 # One round trip for both checks (a node's reports are the hot path).
@@ -274,6 +198,7 @@ SELECT EXISTS (SELECT 1 FROM render_jobs WHERE id = $1) AS job,
        $2::uuid IS NULL OR EXISTS (SELECT 1 FROM frame_jobs WHERE id = $2 AND job_id = $1)
            AS frame_job
 """
+JOB_PROJECT = "SELECT saved_project_id, project_version FROM render_jobs WHERE id = $1"
 JOB_ENDED = (
     "SELECT 1 FROM render_jobs WHERE id = $1 AND step IN ('Completed', 'Failed', 'Cancelled')"
 )
@@ -388,7 +313,17 @@ async def frames(job_id: str) -> tuple[str, int]:
 async def replica_ready(job_id: str) -> tuple[str, int]:
     nid, raw = await signed_body(None)
     body: ReplicaReadyIn = validated(raw, ReplicaReadyIn)
-    jid = await existing_job(job_id)
+    jid = job_uuid(job_id)
+    row = await state().db.fetchrow(JOB_PROJECT, jid)
+    if row is None:
+        raise not_found("render job", jid)
+    # The key is the job's own (DESIGN §4): a node naming any other object (another customer's
+    # export, nothing at all) would have later jobs hand it out and the Reaper delete it.
+    if body.replica_path != job_state.replica_key(row["saved_project_id"], row["project_version"]):
+        raise unprocessable(
+            "replica_path is not the replica_key this job issued",
+            [{"field": "$.replica_path", "message": "must equal the PrepareReplica's replica_key"}],
+        )
     accepted = await call_job(
         jid, lambda reply: job.ReplicaReady(nid, body.replica_path, body.replica_md5, reply)
     )

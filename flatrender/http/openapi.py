@@ -281,7 +281,16 @@ def _error_responses() -> Json:
     return {
         "MalformedJson": _error_response("The body is not JSON.", "malformed_json"),
         "Unauthorized": _error_response("Missing or invalid token.", "unauthorized"),
-        "BadSignature": _error_response("Bad or expired X-Node-Signature.", "bad_signature"),
+        "BadSignature": _error_response(
+            "Bad, expired or malformed X-Node-Signature (code unauthorized), or one already"
+            " accepted within the skew window (code replayed): sign each request anew.",
+            "unauthorized",
+        ),
+        "TooManySignedRequests": _error_response(
+            "The node sent more signed requests within the skew window than the daemon"
+            " remembers for one node; retry later.",
+            "too_many_requests",
+        ),
         "Forbidden": _error_response("Not allowed for this caller.", "forbidden"),
         "PriceTypeNotAllowed": _error_response(
             "Not allowed for this caller (`forbidden`), or a user asked for a price type its"
@@ -347,6 +356,8 @@ def _error_codes(method: str, path: str, operation: Json) -> dict[str, str]:
         codes["429"] = "TooManySnapshots"
     if (method, path) in _STORAGE_WRITES:
         codes["502"] = "StorageError"
+    if internal:
+        codes["429"] = "TooManySignedRequests"
     codes["503"] = "ServiceUnavailable"
     return codes
 

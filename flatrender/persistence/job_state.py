@@ -115,6 +115,11 @@ VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
 FrameReport = tuple[UUID, int, UUID, int | None, datetime | None]
 
 
+def replica_key(saved_project_id: UUID, project_version: int) -> str:
+    """The key a job's PrepareReplica hands its node, the only one its replica-ready may name."""
+    return f"replicas/{saved_project_id}/{project_version}.aep"
+
+
 def output_key(job_id: UUID, range_id: UUID, output_format: str) -> str:
     if output_format == "png":
         # Only a snapshot's job renders a PNG, and it has the snapshot's id. Each attempt has

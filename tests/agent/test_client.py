@@ -35,6 +35,7 @@ class Seen:
     raw: list[bytes] = attrs.field(factory=list)
     paths: list[str] = attrs.field(factory=list)
     verified: list[bool] = attrs.field(factory=list)
+    headers: list[str] = attrs.field(factory=list)
     answers: list[int] = attrs.field(factory=list)  # statuses to answer with, then 200
 
 
@@ -46,6 +47,7 @@ def echo_app(seen: Seen) -> QuartTrio:
         raw = await request.get_data()
         header = request.headers.get(signing.HEADER, "")
         seen.raw.append(raw)
+        seen.headers.append(header)
         seen.paths.append(request.full_path)
         seen.verified.append(
             signing.verify(SECRET, header, request.method, request.path, raw, time.time(), 300)
@@ -111,6 +113,24 @@ async def test_call_retries_5xx_429_and_401_then_returns_the_answer(
     reply = await client.call("/v1/internal/echo", {"n": 1})
     assert reply.ok and len(seen.raw) == 5
     assert all(seen.verified)  # signed afresh on every attempt
+
+
+async def test_identical_requests_in_one_second_never_share_a_signature(
+    base: str, http: httpx.AsyncClient, seen: Seen
+) -> None:
+    # The daemon refuses a signature it accepted before (401 replayed): a retry at once, or
+    # two equal heartbeats in one second, must each be signed anew.
+    now = float(int(time.time()))
+    client = SignedClient(http, base, NODE_ID, SECRET, "sim-1", clock=lambda: now)
+    for _ in range(3):
+        await client.post("/v1/internal/echo", {"same": True})
+    seen.answers = [503]
+    assert (await client.call("/v1/internal/echo", {"same": True})).ok
+    assert len(seen.headers) == 5
+    assert len(set(seen.headers)) == 5
+    assert all(seen.verified)
+    stamps = [signing.parse(h).t for h in seen.headers]  # type: ignore[union-attr]
+    assert stamps == [int(now) + i for i in range(5)]
 
 
 async def test_call_returns_a_refusal_without_retrying(client: SignedClient, seen: Seen) -> None:

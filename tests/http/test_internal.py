@@ -255,9 +255,13 @@ async def test_replica_ready_is_signed_and_validated(agent: NodeClient, db) -> N
     job_id = await make_job(db, uuid4())
     path = f"/v1/internal/render/jobs/{job_id}/replica-ready"
     assert (await agent.post(path, {"node_id": str(agent.node_id)})).status_code == 422
-    ok = {"node_id": str(agent.node_id), "replica_path": "replicas/x/1.aep"}
+    project_id = await db.fetchval("SELECT saved_project_id FROM render_jobs WHERE id = $1", job_id)
+    ok = {"node_id": str(agent.node_id), "replica_path": f"replicas/{project_id}/1.aep"}
     # The job has no actor (never started): the node is told the work is not its own.
     assert (await agent.post(path, ok)).status_code == 409
+    # Any key but the one the job issued is refused before it reaches the job.
+    wrong = {**ok, "replica_path": "replicas/x/1.aep"}
+    assert (await agent.post(path, wrong)).status_code == 422
 
 
 async def test_secrets_never_reach_the_logs(agent: NodeClient, caplog) -> None:
