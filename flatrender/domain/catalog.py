@@ -7,14 +7,16 @@ from uuid import UUID
 
 import attrs
 
+from flatrender.domain.bounds import Int4
+
 FRAME_RATES = (24, 25, 30, 60)
 
 
 @attrs.frozen
 class Scene:
     scene_key: str
-    start_frame: int
-    end_frame: int
+    start_frame: Int4
+    end_frame: Int4
 
 
 @attrs.frozen
@@ -26,8 +28,8 @@ class ProjectSpec:
     template_md5: str
     template_url: str
     ae_version: str
-    frame_rate: int
-    total_frames: int
+    frame_rate: Int4
+    total_frames: Int4
     duration_sec: float
     scenes: list[Scene]
     has_voiceover: bool = False

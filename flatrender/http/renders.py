@@ -19,6 +19,7 @@ from quart import Blueprint, request
 
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.domain import pricing, submit
+from flatrender.domain.bounds import Int4
 from flatrender.domain.catalog import Project
 from flatrender.http.auth import acting_user, require_owner
 from flatrender.http.codec import dump
@@ -69,7 +70,7 @@ class RenderJobIn:
     saved_project_id: UUID
     quality: Quality
     resolution: Resolution
-    frame_rate: int | None = None
+    frame_rate: Int4 | None = None
     is_60_fps: bool | None = None
     price_type: PriceType = PriceType.CASH
     discount_code: str | None = None

@@ -29,6 +29,7 @@ from flatrender.actors import snapshot_objects
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.clock import utc_now
 from flatrender.domain import snapshots as snap
+from flatrender.domain.bounds import Int4
 from flatrender.http.auth import acting_user, require_owner
 from flatrender.http.codec import dump
 from flatrender.http.common import body, caller, path_uuid, state
@@ -46,7 +47,7 @@ MAX_INT4 = 2**31 - 1
 class SnapshotIn:
     saved_project_id: UUID
     scene_key: str
-    frame_number: int
+    frame_number: Int4
 
 
 def _input_errors(spec: SnapshotIn) -> list[dict[str, str]]:
