@@ -143,6 +143,10 @@ INT_CASES: dict[str, Case] = {
         ),
         "$.scenes[0].end_frame",
     ),
+    "catalog duration_sec past what int4 frames can hold": (
+        "PUT", "/v1/catalog/projects/{project}", "service",
+        lambda w, t: project_body(t.user_id, duration_sec=1e300), "$.duration_sec",
+    ),
     "node create priority past int4": (
         "POST", "/v1/nodes", "admin",
         lambda w, t: node_body(priority=BEYOND_INT4), "$.priority",
