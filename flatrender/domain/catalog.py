@@ -7,14 +7,18 @@ from uuid import UUID
 
 import attrs
 
+from flatrender.domain.bounds import INT4, Int4
+
 FRAME_RATES = (24, 25, 30, 60)
+# A render resamples the duration at up to 60 fps: its frame numbers must fit an integer column.
+MAX_DURATION_SEC = INT4.high // max(FRAME_RATES)
 
 
 @attrs.frozen
 class Scene:
     scene_key: str
-    start_frame: int
-    end_frame: int
+    start_frame: Int4
+    end_frame: Int4
 
 
 @attrs.frozen
@@ -26,8 +30,8 @@ class ProjectSpec:
     template_md5: str
     template_url: str
     ae_version: str
-    frame_rate: int
-    total_frames: int
+    frame_rate: Int4
+    total_frames: Int4
     duration_sec: float
     scenes: list[Scene]
     has_voiceover: bool = False
@@ -68,8 +72,8 @@ def spec_errors(spec: ProjectSpec) -> list[dict[str, str]]:
         bad("frame_rate", f"must be one of {', '.join(map(str, FRAME_RATES))}")
     if spec.total_frames < 1:
         bad("total_frames", "must be at least 1")
-    if spec.duration_sec <= 0:
-        bad("duration_sec", "must be positive")
+    if not 0 < spec.duration_sec <= MAX_DURATION_SEC:
+        bad("duration_sec", f"must be positive and at most {MAX_DURATION_SEC}")
     seen: set[str] = set()
     for i, scene in enumerate(spec.scenes):
         where = f"scenes[{i}]"

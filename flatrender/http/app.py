@@ -19,7 +19,7 @@ from flatrender.http import (
     snapshots,
     ws,
 )
-from flatrender.http.common import AppState
+from flatrender.http.common import AppState, refuse_unstorable_text
 from flatrender.http.coverage import require_contract_served
 from flatrender.http.errors import register_error_handlers
 from flatrender.http.openapi import openapi_document
@@ -35,6 +35,7 @@ def create_app(app_state: AppState) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
+    app.before_request(refuse_unstorable_text)
     blueprints = (
         catalog.bp,
         billing.bp,

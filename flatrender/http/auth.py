@@ -56,6 +56,10 @@ def bearer_token(authorization: str | None) -> str:
 
 
 def authenticate_token(token: str, auth: AuthConfig) -> Principal:
+    try:
+        token.encode()
+    except UnicodeEncodeError:  # a lone surrogate smuggled into a header or query value
+        raise unauthorized("the token is not valid") from None
     if _is_service_token(token, auth.service_tokens):
         return Principal(Role.SERVICE, None)
     return _decode_user(token, auth)

@@ -1,21 +1,30 @@
-"""JSON in and out: cattrs structuring of request bodies into attrs types, with strict types.
+"""JSON in and out: the input boundary of every body, and cattrs structuring into attrs types.
 
-Structuring never coerces: ``"5"`` is not an integer and ``1`` is not a string. Failures become a
-422 whose details list each offending field as ``{"field": "$.a.b", "message": ...}``; a body that
-is not JSON at all is a 400.
+Only ordinary JSON gets in: UTF-8, nested at most :data:`MAX_DEPTH` deep, numbers of at most
+:data:`MAX_NUMBER_CHARS` characters that are finite (no ``NaN``, ``Infinity``, ``1e999``); any other
+body is a 400 ``malformed_json``. Text the database cannot hold (NUL, a lone surrogate), in any
+string or object key at any depth, is a 422 naming the field. Structuring never coerces: ``"5"``
+is not an integer and ``1`` is not a string; every integer fits its column (``bigint``, or
+``integer`` for fields typed :data:`flatrender.domain.bounds.Int4`). Failures become a 422 whose
+details list each offending field as ``{"field": "$.a.b", "message": ...}``.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
+import re
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from itertools import accumulate
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 from uuid import UUID
 
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from flatrender.domain.bounds import BIGINT, Range
 from flatrender.http.errors import ApiError, bad_request, unprocessable
 
 T = TypeVar("T")
@@ -24,15 +33,36 @@ converter = cattrs.Converter()
 
 
 def _structure_int(value: Any, _: type) -> int:
+    return _bounded_int(value, BIGINT)
+
+
+def _bounded_int(value: Any, bounds: Range) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {_json_type(value)}")
+    if value not in bounds:
+        raise ValueError(f"must be between {bounds.low} and {bounds.high}")
     return value
+
+
+def _range_of(type_: Any) -> Range | None:
+    if get_origin(type_) is not Annotated:
+        return None
+    return next((m for m in get_args(type_)[1:] if isinstance(m, Range)), None)
+
+
+def _ranged_int_hook(type_: Any) -> Callable[[Any, Any], int]:
+    bounds = _range_of(type_)
+    assert bounds is not None
+    return lambda value, _: _bounded_int(value, bounds)
 
 
 def _structure_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {_json_type(value)}")
-    return float(value)
+    result = float(value)  # finite: parse_json admits no int too long to convert
+    if not math.isfinite(result):
+        raise ValueError("must be a finite number")
+    return result
 
 
 def _structure_str(value: Any, _: type) -> str:
@@ -89,6 +119,7 @@ def unstructure_datetime(value: datetime) -> str:
 
 
 converter.register_structure_hook(int, _structure_int)
+converter.register_structure_hook_factory(lambda t: _range_of(t) is not None, _ranged_int_hook)
 converter.register_structure_hook(float, _structure_float)
 converter.register_structure_hook(str, _structure_str)
 converter.register_structure_hook(bool, _structure_bool)
@@ -104,14 +135,146 @@ converter.register_unstructure_hook_func(
 )
 
 
+# Far deeper than any body of the API (3 or 4 levels), far below the decoder's recursion limit.
+MAX_DEPTH = 64
+# bigint has 19 digits; a longer number is no quantity any field holds.
+MAX_NUMBER_CHARS = 100
+# The most offending strings one 422 lists.
+MAX_TEXT_ERRORS = 20
+
+# A JSON string, or the rest of the body when it never closes: linear, never backtracks.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NESTING = [0] * 256
+_NESTING[ord("[")] = _NESTING[ord("{")] = 1
+_NESTING[ord("]")] = _NESTING[ord("}")] = -1
+# NUL, and any surrogate left after decoding: a valid pair became one astral character.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|d[89a-f])", re.IGNORECASE)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class _NotOrdinary(ValueError):
+    """Raised by the decoder hooks; the body is a 400."""
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _NotOrdinary(f"a number is longer than {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _NotOrdinary(f"a number is longer than {MAX_NUMBER_CHARS} characters")
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotOrdinary(f"{text} is beyond the range of a number")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise _NotOrdinary(f"{name} is not a JSON number")
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in ``raw`` (UTF-8), without parsing or recursing.
+
+    Brackets inside strings do not count. On malformed input the figure may be too high, never
+    too low, and the decoder refuses such input anyway.
+    """
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
 def parse_json(raw: bytes) -> Any:
-    """Decode a request body; malformed JSON is a 400."""
+    """Decode a request body: 400 unless it is ordinary JSON, 422 for text no column can hold."""
     if not raw.strip():
         raise bad_request("malformed_json", "the request body is empty; a JSON object is expected")
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise bad_request("malformed_json", f"the request body nests deeper than {MAX_DEPTH}")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = raw.decode("utf-8")
+        data = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
+    except UnicodeDecodeError:
+        raise bad_request("malformed_json", "the request body is not UTF-8") from None
+    except (_NotOrdinary, json.JSONDecodeError) as e:
         raise bad_request("malformed_json", f"the request body is not valid JSON: {e}") from None
+    # Such text can only arrive as a \u escape (the decoder refuses raw NUL, and the strict
+    # UTF-8 decode any encoded surrogate): most bodies skip the walk.
+    errors = text_errors(data) if _UNSTORABLE_ESCAPE.search(text) else []
+    if errors:
+        raise unprocessable("the request body holds text that cannot be stored", errors)
+    return data
+
+
+# Where a value sits: (its container's place, its key or index), None for the root.
+_Place = tuple[Any, str | int] | None
+
+
+def text_errors(data: Any, root: str = "$") -> list[dict[str, str]]:
+    """Every string or object key in decoded JSON that holds NUL or a lone surrogate (at most
+    :data:`MAX_TEXT_ERRORS`), as 422 details. Iterative, so depth costs no stack; a field's
+    path is spelled out only when it is reported."""
+    errors: list[dict[str, str]] = []
+    if isinstance(data, str) and (problem := unstorable(data)):
+        errors.append({"field": root, "message": problem})
+    pending: list[tuple[_Place, Any]] = [(None, data)]
+    while pending and len(errors) < MAX_TEXT_ERRORS:
+        place, container = pending.pop()
+        members: Iterable[tuple[Any, Any]] = ()
+        if isinstance(container, dict):
+            members = container.items()
+        elif isinstance(container, list):
+            members = enumerate(container)
+        nested = []
+        for key, item in members:
+            if isinstance(key, str) and (problem := unstorable(key)):
+                field = _spell(root, (place, key))
+                errors.append({"field": field, "message": f"the key {problem}"})
+            if isinstance(item, str):
+                if problem := unstorable(item):
+                    errors.append({"field": _spell(root, (place, key)), "message": problem})
+            elif isinstance(item, list | dict):
+                nested.append(((place, key), item))
+        pending.extend(reversed(nested))
+    return errors[:MAX_TEXT_ERRORS]
+
+
+def _spell(root: str, place: _Place) -> str:
+    keys: list[str | int] = []
+    while place is not None:
+        place, key = place
+        keys.append(key)
+    path = root
+    for key in reversed(keys):
+        path = member_path(path, key)
+    return path
+
+
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL could not store ``text``, or None when it can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "must not contain NUL characters"
+    return f"must not contain a lone surrogate (U+{ord(found.group()):04X})"
+
+
+def member_path(path: str, key: str | int) -> str:
+    """``$.name`` for a plain key, ``$[3]`` for an index; any other key JSON-escaped:
+    ``$["a b"]``."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if _NAME.match(key):
+        return f"{path}.{key}"
+    return f"{path}[{json.dumps(key)}]"
 
 
 def structure(data: Any, cls: type[T]) -> T:

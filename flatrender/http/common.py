@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -11,8 +13,9 @@ from quart import current_app, request
 
 from flatrender.actors.system import ActorSystem
 from flatrender.config import Config
+from flatrender.domain.bounds import BIGINT
 from flatrender.http.auth import Principal, authenticate
-from flatrender.http.codec import parse_json, structure
+from flatrender.http.codec import parse_json, structure, unstorable
 from flatrender.http.errors import unprocessable
 from flatrender.persistence.db import Database
 from flatrender.storage import ObjectStore
@@ -65,6 +68,27 @@ async def body(cls: type[T]) -> T:
     return structure(parse_json(raw), cls)
 
 
+def refuse_unstorable_text() -> None:
+    """Before every request: a query parameter (name or value) or a path parameter holding
+    text the database cannot store (NUL, a lone surrogate) is a 422 naming it."""
+    errors = []
+    for name, value in request.args.items(multi=True):
+        for text, what in ((name, "the name "), (value, "")):
+            problem = unstorable(text)
+            if problem:
+                errors.append({"field": _escaped(name), "message": what + problem})
+    for name, value in (request.view_args or {}).items():
+        problem = unstorable(value) if isinstance(value, str) else None
+        if problem:
+            errors.append({"field": name, "message": problem})
+    if errors:
+        raise unprocessable("the request holds text that cannot be stored", errors)
+
+
+def _escaped(name: str) -> str:
+    return name if unstorable(name) is None else json.dumps(name)
+
+
 def path_uuid(name: str, value: str) -> UUID:
     try:
         return UUID(value)
@@ -95,8 +119,8 @@ class Page:
 def page_from_query() -> Page:
     """``page`` from 1, ``page_size`` clamped to 1..100; non-integers and a ``page`` past
     :data:`MAX_PAGE` are a 422 naming the parameter."""
-    page = _query_int("page", 1)
-    page_size = _query_int("page_size", DEFAULT_PAGE_SIZE)
+    page = query_int("page", 1)
+    page_size = query_int("page_size", DEFAULT_PAGE_SIZE)
     if page > MAX_PAGE:
         raise unprocessable(
             "query parameter page is out of range",
@@ -105,14 +129,25 @@ def page_from_query() -> Page:
     return Page(max(page, 1), min(max(page_size, 1), MAX_PAGE_SIZE))
 
 
-def _query_int(name: str, default: int) -> int:
+def query_int(name: str, default: int) -> int:
+    """An optional integer query parameter: ASCII digits with an optional sign, within
+    ``bigint``; anything else is a 422 naming it. The caller bounds it further."""
     text = request.args.get(name)
     if text is None or text == "":
         return default
-    try:
-        return int(text)
-    except ValueError:
+    if not _INTEGER.fullmatch(text):
         raise unprocessable(
             f"query parameter {name} must be an integer",
-            [{"field": name, "message": f"{text!r} is not an integer"}],
-        ) from None
+            [{"field": name, "message": f"{text[:40]!r} is not an integer"}],
+        )
+    value = int(text)
+    if value not in BIGINT:
+        raise unprocessable(
+            f"query parameter {name} is out of range",
+            [{"field": name, "message": f"must be between {BIGINT.low} and {BIGINT.high}"}],
+        )
+    return value
+
+
+# Not int()'s grammar: no spaces, underscores or non-ASCII digits, and too long is no number.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")

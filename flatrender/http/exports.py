@@ -20,6 +20,7 @@ from quart import Blueprint, request
 
 from flatrender.actors.retention import delete_export
 from flatrender.clock import utc_now
+from flatrender.domain.bounds import Int4
 from flatrender.domain.extension import MAX_DAYS, MIN_DAYS, ExtensionVerdict
 from flatrender.domain.pricing import extension_price
 from flatrender.http.auth import acting_user, require_owner
@@ -43,7 +44,7 @@ FORMAT = re.compile(r"^[a-z0-9]{1,16}$")
 
 @attrs.frozen
 class ExtendIn:
-    days: int
+    days: Int4
 
 
 def export_json(row: exports.ExportRow) -> dict[str, Any]:

@@ -22,10 +22,11 @@ from flatrender.actors.fleet import Fleet, NodeUnknown
 from flatrender.actors.mailbox import ActorUnavailable, Reply
 from flatrender.domain import node_status as ns
 from flatrender.domain import signing
+from flatrender.domain.bounds import Int4
 from flatrender.domain.model import CommandType, HealthSample, NodeCommand, NodeStatus
 from flatrender.http.auth import require_admin
 from flatrender.http.codec import converter, dump, parse_json, structure
-from flatrender.http.common import body, caller, path_uuid, state
+from flatrender.http.common import body, caller, path_uuid, query_int, state
 from flatrender.http.errors import ApiError, conflict, not_found, unprocessable
 from flatrender.persistence import health, nodes
 
@@ -68,13 +69,13 @@ class NodeIn:
     name: str
     region: str
     node_ip: str
-    worker_port: int
+    worker_port: Int4
     current_ae_version: str
-    ram_gb: int = 0
-    cpu_cores: int = 0
+    ram_gb: Int4 = 0
+    cpu_cores: Int4 = 0
     node_kind: str = "Shared"
     owner_user_id: UUID | None = None
-    priority: int = 0
+    priority: Int4 = 0
 
     def errors(self) -> Errors:
         errors: Errors = []
@@ -96,7 +97,7 @@ class NodeIn:
 class PatchIn:
     """The PATCH body; which keys were present is read from the raw JSON object."""
 
-    priority: int | None = None
+    priority: Int4 | None = None
     is_active: bool | None = None
     accepts_new_jobs: bool | None = None
     node_kind: str | None = None
@@ -211,15 +212,7 @@ def _query_time(name: str) -> datetime | None:
 
 
 def _query_limit(default: int, high: int) -> int:
-    text = request.args.get("limit", "").strip()
-    if not text:
-        return default
-    try:
-        return min(max(int(text), 1), high)
-    except ValueError:
-        raise unprocessable(
-            "query parameter limit must be an integer", [_param("limit", "not an integer")]
-        ) from None
+    return min(max(query_int("limit", default), 1), high)
 
 
 def _param(name: str, message: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from quart import Blueprint, request
 
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.domain import pricing, submit
+from flatrender.domain.bounds import Int4
 from flatrender.domain.catalog import Project
 from flatrender.domain.entitlements import Submitter, may_submit
 from flatrender.http.auth import Principal, Role, acting_user, require_owner
@@ -77,7 +78,7 @@ class RenderJobIn:
     saved_project_id: UUID
     quality: Quality
     resolution: Resolution
-    frame_rate: int | None = None
+    frame_rate: Int4 | None = None
     is_60_fps: bool | None = None
     price_type: PriceType = PriceType.CASH
     discount_code: str | None = None

@@ -36,6 +36,7 @@ from flatrender.actors import snapshot_objects
 from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.clock import utc_now
 from flatrender.domain import snapshots as snap
+from flatrender.domain.bounds import Int4
 from flatrender.http.auth import acting_user, require_owner
 from flatrender.http.codec import dump
 from flatrender.http.common import body, caller, path_uuid, state
@@ -69,7 +70,7 @@ class TooManySnapshots(Exception):
 class SnapshotIn:
     saved_project_id: UUID
     scene_key: str
-    frame_number: int
+    frame_number: Int4
 
 
 def _input_errors(spec: SnapshotIn) -> list[dict[str, str]]:
