@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from quart import Blueprint, request
+from quart import Blueprint
 
 from flatrender.domain import entitlements as ent
 from flatrender.http.auth import require_service
-from flatrender.http.codec import parse_json, structure
 from flatrender.http.common import body, caller, path_uuid, state
 from flatrender.http.errors import unprocessable
 from flatrender.persistence import ledger
@@ -60,7 +59,7 @@ async def credit_account(user_id: str) -> dict[str, Any]:
 async def put_entitlements(user_id: str) -> dict[str, Any]:
     require_service(caller())
     uid = path_uuid("user_id", user_id)
-    given = structure(await _entitlements_json(), EntitlementsIn).entitlements
+    given = (await body(EntitlementsIn)).entitlements
     wrong = ent.unknown(given)
     if wrong:
         message = f"must be one of {', '.join(ent.ENTITLEMENTS)}"
@@ -68,19 +67,6 @@ async def put_entitlements(user_id: str) -> dict[str, Any]:
         raise unprocessable("unknown entitlements", errors)
     account = await ledger.set_entitlements(state().db, uid, ent.normalised(given))
     return _account(account)
-
-
-async def _entitlements_json() -> Any:
-    """The body, refusing a text where the list belongs (cattrs would split it into letters)."""
-    raw = await request.get_data(as_text=False)
-    assert isinstance(raw, bytes)
-    data = parse_json(raw)
-    if isinstance(data, dict) and not isinstance(data.get("entitlements", []), list):
-        raise unprocessable(
-            "entitlements must be an array",
-            [{"field": "$.entitlements", "message": "must be an array of strings"}],
-        )
-    return data
 
 
 def _account(account: ledger.Account) -> dict[str, Any]:

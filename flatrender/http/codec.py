@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar, get_args, get_origin
 from uuid import UUID
 
 import cattrs
+from cattrs.cols import is_sequence, list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from flatrender.domain.bounds import BIGINT, Range
@@ -106,6 +107,18 @@ def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
         raise ValueError(f"{value!r} is not one of: {allowed}") from None
 
 
+def _strict_list_hook(type_: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """A JSON array and nothing else: cattrs alone would take ``"Free"`` as ``['F', 'r', ...]``."""
+    inner = list_structure_factory(type_, conv)
+
+    def structure_list(value: Any, cls: Any) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected an array, got {_json_type(value)}")
+        return inner(value, cls)
+
+    return structure_list
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -120,6 +133,7 @@ def unstructure_datetime(value: datetime) -> str:
 
 converter.register_structure_hook(int, _structure_int)
 converter.register_structure_hook_factory(lambda t: _range_of(t) is not None, _ranged_int_hook)
+converter.register_structure_hook_factory(is_sequence, _strict_list_hook)
 converter.register_structure_hook(float, _structure_float)
 converter.register_structure_hook(str, _structure_str)
 converter.register_structure_hook(bool, _structure_bool)

@@ -455,3 +455,12 @@ def test_structure_bounds_integers_to_their_column(data: dict[str, Any], field: 
 def test_structure_admits_the_bounds_themselves() -> None:
     data = {"small": INT4.high, "maybe": INT4.low, "many": [0], "big": -(2**63)}
     assert codec.structure(data, Bounded) == Bounded(INT4.high, INT4.low, [0], -(2**63))
+
+
+@pytest.mark.parametrize("value", ["Free", {"0": 1}, 7, None])
+def test_structure_takes_only_an_array_where_a_list_belongs(value: Any) -> None:
+    # cattrs alone takes any iterable: "Free" became ['F', 'r', 'e', 'e'].
+    with pytest.raises(ApiError) as caught:
+        codec.structure({"small": 1, "many": value}, Bounded)
+    assert caught.value.status == 422
+    assert [e["field"] for e in caught.value.details["errors"]] == ["$.many"]
