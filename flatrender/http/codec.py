@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Container, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -155,4 +156,23 @@ def dump(value: Any) -> Any:
     return converter.unstructure(value)
 
 
-__all__ = ["ApiError", "converter", "dump", "parse_json", "structure", "unstructure_datetime"]
+def pick(
+    data: dict[str, Any], keys: Iterable[str], *, absent_when_none: Container[str] = ()
+) -> dict[str, Any]:
+    """``keys`` of ``data``, in order; those in ``absent_when_none`` are left out while None.
+
+    The contract has such fields optional but not nullable: a typed client accepts them missing,
+    never ``null``.
+    """
+    return {key: data[key] for key in keys if data[key] is not None or key not in absent_when_none}
+
+
+__all__ = [
+    "ApiError",
+    "converter",
+    "dump",
+    "parse_json",
+    "pick",
+    "structure",
+    "unstructure_datetime",
+]

@@ -21,7 +21,7 @@ from flatrender.actors.mailbox import ActorUnavailable
 from flatrender.domain import pricing, submit
 from flatrender.domain.catalog import Project
 from flatrender.http.auth import acting_user, require_owner
-from flatrender.http.codec import dump
+from flatrender.http.codec import dump, pick
 from flatrender.http.common import body, caller, page_from_query, path_uuid, state
 from flatrender.http.errors import (
     ApiError,
@@ -112,8 +112,8 @@ def job_json(row: jobs.JobRow) -> dict[str, Any]:
 
 
 def frame_job_json(row: jobs.FrameJobRow) -> dict[str, Any]:
-    data = dump(row)
-    return {key: data[key] for key in FRAME_JOB}
+    # A range no node holds yet has no node_id, which the contract does not let be null.
+    return pick(dump(row), FRAME_JOB, absent_when_none={"node_id"})
 
 
 def _plain(record: Any) -> dict[str, Any]:
