@@ -48,7 +48,7 @@ CALLERS = ("user", "admin", "service", "node")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--max-examples", type=int, default=10, help="cases per operation")
+    parser.add_argument("--max-examples", type=int, default=25, help="cases per operation")
     parser.add_argument("--seed", type=int, default=20261206)
     parser.add_argument("--request-timeout", type=float, default=10.0)
     parser.add_argument("--callers", default=",".join(CALLERS))
