@@ -182,6 +182,7 @@ def _summarise(work: Path, runs: dict[str, Any], codes: dict[str, int], elapsed:
     ok = True
     total = 0
     classes: collections.Counter[str] = collections.Counter()
+    details: list[str] = []
     print(f"schemathesis against flatrender dev, {elapsed:.0f} s")
     for who in runs:
         path = work / f"{who}.json"
@@ -201,8 +202,9 @@ def _summarise(work: Path, runs: dict[str, Any], codes: dict[str, int], elapsed:
             print(f"      {count:4} × {name}")
         if codes[who] != 0 or found:
             ok = False
-            print(_failure_details(work / f"{who}.log"))
+            details.append(f"--- {who}\n" + _failure_details(work / f"{who}.log"))
     print(f"  total    {total:5} cases; findings by class: {dict(classes) or 'none'}")
+    print("\n".join(details))
     return ok
 
 
