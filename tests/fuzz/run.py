@@ -175,7 +175,8 @@ def _start(
         token = {"user": "user_token", "admin": "admin_token", "service": "service_token"}[who]
         argv += ["--exclude-path-regex", "/internal/", "-H", f"Authorization: Bearer {dev[token]}"]
     out = (work / f"{who}.log").open("wb")
-    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    # In the scratch folder: schemathesis keeps a cache (.schemathesis/) where it runs.
+    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env)
 
 
 def _summarise(work: Path, runs: dict[str, Any], codes: dict[str, int], elapsed: float) -> bool:
