@@ -5,7 +5,7 @@ UV := .venv-uv/bin/uv
 VENV := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: dev test lint typecheck check bench clean
+.PHONY: dev test fuzz lint typecheck check bench clean
 
 $(UV):
 	$(PYTHON) -m venv .venv-uv
@@ -20,6 +20,9 @@ dev: $(STAMP)  ## start daemon + embedded Postgres and S3 + simulated nodes
 
 test: $(STAMP)  ## the whole test suite, against real Postgres and S3 started by the session
 	$(VENV)/bin/pytest $(ARGS)
+
+fuzz: $(STAMP)  ## schemathesis against a fresh `flatrender dev`; prints cases and findings by class
+	$(VENV)/bin/python -m tests.fuzz.run $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check flatrender tests bench

@@ -25,6 +25,7 @@ from flatrender.http.common import AppState
 from flatrender.persistence.db import Database, open_database
 from flatrender.persistence.migrate import migrate
 from flatrender.storage import MinioStore
+from tests import conformance
 from tests.helpers import Tokens
 
 TEMPLATE_DB = "flatrender_template"
@@ -38,6 +39,12 @@ _db_names = itertools.count()
 async def _migrate(url: str) -> None:
     async with trio_asyncio.open_loop(), open_database(url, 1, 1) as db:
         await migrate(db)
+
+
+@pytest.fixture(autouse=True)
+def contract_conformance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every response a test client receives under /v1 must conform to the served document."""
+    conformance.install(monkeypatch)
 
 
 @pytest.fixture(scope="session")

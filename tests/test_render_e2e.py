@@ -76,7 +76,7 @@ async def test_job_completes_exactly_despite_a_dead_node_and_a_crash(
 
                 def doomed_is_rendering(body: dict[str, Any]) -> bool:
                     return any(
-                        f["node_id"] == doomed_id and f["status"] == "Rendering"
+                        f.get("node_id") == doomed_id and f["status"] == "Rendering"
                         for f in body["frame_jobs"]
                     )
 

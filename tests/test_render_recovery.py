@@ -522,7 +522,7 @@ async def test_a_failed_job_is_refunded_in_full_and_its_retry_is_charged_and_com
         path = f"/v1/renders/{job['id']}"
 
         def doomed_rendering(body: dict[str, Any]) -> bool:
-            return any(x["node_id"] == nodes["doomed-1"] for x in early_ranges(body))
+            return any(x.get("node_id") == nodes["doomed-1"] for x in early_ranges(body))
 
         await f.poll(path, doomed_rendering, 60)
         f.kill_agent("doomed")  # its range dies with it: with max_attempts 1 the job fails

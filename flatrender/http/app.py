@@ -20,6 +20,7 @@ from flatrender.http import (
     ws,
 )
 from flatrender.http.common import AppState, refuse_unstorable_text
+from flatrender.http.connection_guard import guard_connection_close
 from flatrender.http.coverage import require_contract_served
 from flatrender.http.errors import register_error_handlers
 from flatrender.http.openapi import openapi_document
@@ -66,6 +67,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         return {"status": "ok"}
 
     require_contract_served(app)
+    app.asgi_app = guard_connection_close(app.asgi_app)  # type: ignore[method-assign,assignment]
     return app
 
 

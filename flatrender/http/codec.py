@@ -15,7 +15,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from datetime import datetime
 from itertools import accumulate
 from typing import Annotated, Any, TypeVar, get_args, get_origin
@@ -332,4 +332,23 @@ def dump(value: Any) -> Any:
     return converter.unstructure(value)
 
 
-__all__ = ["ApiError", "converter", "dump", "parse_json", "structure", "unstructure_datetime"]
+def pick(
+    data: dict[str, Any], keys: Iterable[str], *, absent_when_none: Container[str] = ()
+) -> dict[str, Any]:
+    """``keys`` of ``data``, in order; those in ``absent_when_none`` are left out while None.
+
+    The contract has such fields optional but not nullable: a typed client accepts them missing,
+    never ``null``.
+    """
+    return {key: data[key] for key in keys if data[key] is not None or key not in absent_when_none}
+
+
+__all__ = [
+    "ApiError",
+    "converter",
+    "dump",
+    "parse_json",
+    "pick",
+    "structure",
+    "unstructure_datetime",
+]

@@ -25,7 +25,7 @@ from flatrender.domain import signing
 from flatrender.domain.bounds import Int4
 from flatrender.domain.model import CommandType, HealthSample, NodeCommand, NodeStatus
 from flatrender.http.auth import require_admin
-from flatrender.http.codec import converter, dump, parse_json, structure
+from flatrender.http.codec import converter, dump, parse_json, pick, structure
 from flatrender.http.common import body, caller, path_uuid, query_int, state
 from flatrender.http.errors import ApiError, conflict, not_found, unprocessable
 from flatrender.persistence import health, nodes
@@ -57,6 +57,8 @@ DETAIL = (
     "next_maintenance_at",
     "maintenance_reason",
 )
+# Not nullable in the contract: a node that never sent a heartbeat or had maintenance omits them.
+UNTIL_KNOWN = frozenset({"last_heartbeat_at", "last_maintenance_at"})
 
 
 # ------------------------------------------------------------------ bodies
@@ -161,7 +163,7 @@ def node_json(row: nodes.NodeRow, *, detail: bool = False) -> dict[str, Any]:
     data = dump(row)
     data["cached_template_count"] = len(row.cached_template_md5s)
     data["maintenance_reason"] = row.maintenance_reason or None
-    return {key: data[key] for key in (DETAIL if detail else RENDER_NODE)}
+    return pick(data, DETAIL if detail else RENDER_NODE, absent_when_none=UNTIL_KNOWN)
 
 
 # ------------------------------------------------------------------ plumbing

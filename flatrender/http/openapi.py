@@ -330,6 +330,8 @@ def _error_responses() -> Json:
     }
 
 
+# Operations whose body names an existing resource (the saved project): unknown is a 404.
+_NAMED_IN_BODY = frozenset({("post", "/renders"), ("post", "/snapshots")})
 # Operations that delete from object storage, which may refuse (a plain StorageError: 502).
 _STORAGE_WRITES = frozenset({("delete", "/exports/{export_id}")})
 
@@ -342,7 +344,7 @@ def _error_codes(method: str, path: str, operation: Json) -> dict[str, str]:
         codes["403"] = "PriceTypeNotAllowed" if (method, path) in _PRICE_CHECKED else "Forbidden"
     if "requestBody" in operation:
         codes["400"] = "MalformedJson"
-    if "{" in path:
+    if "{" in path or (method, path) in _NAMED_IN_BODY:
         codes["404"] = "NotFound"
     if internal and path.endswith(_FENCED_SUFFIXES):
         codes["409"] = "StaleAssignment"

@@ -30,7 +30,7 @@ from flatrender.domain.bounds import Int4
 from flatrender.domain.catalog import Project
 from flatrender.domain.entitlements import Submitter, may_submit
 from flatrender.http.auth import Principal, Role, acting_user, require_owner
-from flatrender.http.codec import dump
+from flatrender.http.codec import dump, pick
 from flatrender.http.common import body, caller, page_from_query, path_uuid, state
 from flatrender.http.errors import (
     ApiError,
@@ -121,8 +121,8 @@ def job_json(row: jobs.JobRow) -> dict[str, Any]:
 
 
 def frame_job_json(row: jobs.FrameJobRow) -> dict[str, Any]:
-    data = dump(row)
-    return {key: data[key] for key in FRAME_JOB}
+    # A range no node holds yet has no node_id, which the contract does not let be null.
+    return pick(dump(row), FRAME_JOB, absent_when_none={"node_id"})
 
 
 def _plain(record: Any) -> dict[str, Any]:

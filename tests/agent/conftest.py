@@ -9,6 +9,12 @@ from tests.agent.stub_orchestrator import StubState, create_stub, serve
 
 
 @pytest.fixture
+def contract_conformance() -> None:
+    """Not here: these tests talk to stubs of the orchestrator (which answer 5xx, 429 and
+    shortcuts on purpose), not to the orchestrator whose answers the contract binds."""
+
+
+@pytest.fixture
 def stub() -> StubState:
     return StubState()
 

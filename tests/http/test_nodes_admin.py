@@ -192,7 +192,7 @@ async def test_register_returns_node_with_secret_and_starts_its_actor(
     assert created["node_kind"] == "Shared"
     assert created["is_active"] is True and created["accepts_new_jobs"] is True
     assert created["cached_template_count"] == 0
-    assert created["last_heartbeat_at"] is None
+    assert "last_heartbeat_at" not in created  # not nullable in the contract: absent until known
     assert actor_system.fleet.knows(node_id)
     assert (await inspect(actor_system, node_id)).state.status.value == "Offline"
 
@@ -308,7 +308,7 @@ async def test_detail_has_every_field(
     assert "node_secret" not in detail
     assert detail["available_ae_versions"] == ["24.1"]
     assert detail["cached_template_md5s"] == []
-    assert detail["last_maintenance_at"] is None
+    assert "last_maintenance_at" not in detail  # not nullable in the contract
     assert detail["next_maintenance_at"] is None
     assert detail["maintenance_reason"] is None
 

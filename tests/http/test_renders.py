@@ -426,12 +426,8 @@ async def test_detail_for_owner_admin_and_service(api, db, tokens: Tokens) -> No
         assert detail["id"] == job_id
         assert (detail["retry_count"], detail["repair_attempts"]) == (0, 0)
         [frame_job] = detail["frame_jobs"]
-        assert set(frame_job) == set(renders.FRAME_JOB)
-        assert (frame_job["node_id"], frame_job["end_frame"], frame_job["status"]) == (
-            None,
-            149,
-            "Rendering",
-        )
+        assert set(frame_job) == set(renders.FRAME_JOB) - {"node_id"}  # no node holds it yet
+        assert (frame_job["end_frame"], frame_job["status"]) == (149, "Rendering")
         assert (frame_job["frames_rendered"], frame_job["attempt"]) == (12, 1)
         assert frame_job["last_error"] == "slow"
         export = detail["export"]
