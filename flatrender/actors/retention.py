@@ -23,6 +23,7 @@ import trio
 
 from flatrender.actors.reaper import ReapTask
 from flatrender.config import Config
+from flatrender.domain.bounds import INT4
 from flatrender.persistence import cleanup, exports
 from flatrender.persistence.db import Database
 from flatrender.storage import ObjectInfo, ObjectStore, StorageError, StorageUnavailable
@@ -268,7 +269,7 @@ def _replica_of(key: str) -> tuple[UUID | None, int | None]:
         project, version = UUID(parts[0]), int(parts[1].removesuffix(".aep"))
     except ValueError:
         return None, None
-    return (project, version) if 1 <= version < 2**31 else (None, None)  # an int4 column
+    return (project, version) if 1 <= version <= INT4.high else (None, None)  # an int4 column
 
 
 def retention_tasks(

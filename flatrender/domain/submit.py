@@ -61,10 +61,10 @@ def option_errors(options: RenderOptions) -> Errors:
     if options.price_type not in (*RENDER_PRICE_TYPES, "Snapshot"):
         errors.append(_error("price_type", f"must be one of {', '.join(RENDER_PRICE_TYPES)}"))
     region = options.preferred_region
-    if region is not None and (len(region) > MAX_REGION or "\x00" in region):
+    if region is not None and len(region) > MAX_REGION:
         errors.append(_error("preferred_region", f"must be at most {MAX_REGION} characters"))
     code = options.discount_code
-    if code is not None and (len(code) > MAX_DISCOUNT_CODE or "\x00" in code):
+    if code is not None and len(code) > MAX_DISCOUNT_CODE:
         errors.append(_error("discount_code", f"must be at most {MAX_DISCOUNT_CODE} characters"))
     return errors
 

@@ -1,14 +1,14 @@
 """The bodies node agents send (DESIGN §4), each with the bounds of the columns it lands in.
 
 Structuring (cattrs, strict types) refuses wrong types; ``errors()`` then refuses values the
-database would: every number outside its column's range, text holding NUL or a lone surrogate
-(PostgreSQL refuses both), text or lists past a sane length, and times Python cannot convert to
-UTC. Each refusal names its field, so a bad report is a 422 and never reaches an actor.
+database would: every number outside its column's range, text or lists past a sane length, and
+times Python cannot convert to UTC (text holding NUL or a lone surrogate never gets this far:
+``parse_json`` refuses it in any body). Each refusal names its field, so a bad report is a 422
+and never reaches an actor.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -16,11 +16,10 @@ from uuid import UUID
 
 import attrs
 
+from flatrender.domain.bounds import BIGINT, INT4
 from flatrender.http.codec import parse_json, structure
 from flatrender.http.errors import unprocessable
 
-INT4_MAX = 2**31 - 1
-INT8_MAX = 2**63 - 1
 # A frame number or "none yet" (-1, the frame before a range starting at 0).
 NO_FRAME = -1
 # Crash logs are kept to their tail; the full log lives at log_file_url.
@@ -36,8 +35,6 @@ LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 CACHE_ACTIONS = ("Downloaded", "Evicted", "Verified", "Failed")
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # a surrogate left in a str is a lone one
-
 Errors = list[dict[str, str]]
 
 
@@ -50,7 +47,7 @@ class Check:
     def fail(self, field: str, message: str) -> None:
         self.errors.append({"field": f"$.{field}", "message": message})
 
-    def number(self, field: str, value: int | None, low: int = 0, high: int = INT4_MAX) -> None:
+    def number(self, field: str, value: int | None, low: int = 0, high: int = INT4.high) -> None:
         if value is not None and not low <= value <= high:
             self.fail(field, f"must be {low}..{high}")
 
@@ -59,9 +56,7 @@ class Check:
     ) -> None:
         if value is None:
             return
-        if _UNSTORABLE.search(value):
-            self.fail(field, "must not contain NUL or lone surrogates")
-        elif len(value) > max_length:
+        if len(value) > max_length:
             self.fail(field, f"at most {max_length} characters")
         elif required and not value:
             self.fail(field, "must not be empty")
@@ -144,7 +139,7 @@ class CacheUpdateIn:
         if self.action not in CACHE_ACTIONS:
             check.fail("action", f"must be one of {', '.join(CACHE_ACTIONS)}")
         check.text("aep_file_md5", self.aep_file_md5, MAX_MD5, required=True)
-        check.number("file_size_bytes", self.file_size_bytes, 0, INT8_MAX)
+        check.number("file_size_bytes", self.file_size_bytes, 0, BIGINT.high)
         check.number("cache_used_gb", self.cache_used_gb)
         check.text("error_message", self.error_message, MAX_ERROR_LOG)
         return check.errors
@@ -182,7 +177,7 @@ class FrameIn:
     def errors(self, _: UUID | None) -> Errors:
         check = Check()
         check.number("frame_number", self.frame_number)
-        check.number("file_size_bytes", self.file_size_bytes, 0, INT8_MAX)
+        check.number("file_size_bytes", self.file_size_bytes, 0, BIGINT.high)
         check.time("completed_at", self.completed_at)
         return check.errors
 

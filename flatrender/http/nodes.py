@@ -22,7 +22,7 @@ from flatrender.actors.fleet import Fleet, NodeUnknown
 from flatrender.actors.mailbox import ActorUnavailable, Reply
 from flatrender.domain import node_status as ns
 from flatrender.domain import signing
-from flatrender.domain.bounds import Int4
+from flatrender.domain.bounds import INT4, Int4
 from flatrender.domain.model import CommandType, HealthSample, NodeCommand, NodeStatus
 from flatrender.http.auth import require_admin
 from flatrender.http.codec import converter, dump, parse_json, pick, structure
@@ -34,8 +34,6 @@ bp = Blueprint("nodes", __name__)
 
 Errors = list[dict[str, str]]
 
-# Integer columns are int4: a larger value would fail in the database (inside the actor).
-INT4 = (-(2**31), 2**31 - 1)
 MAX_TEXT = 255
 MAX_REASON = 2000
 HISTORY_LIMIT = 1000
@@ -89,9 +87,8 @@ class NodeIn:
             except ValueError:
                 errors.append(_error("node_ip", f"{self.node_ip!r} is not an IP address"))
         errors += _in_range("worker_port", self.worker_port, 1, 65535)
-        errors += _in_range("ram_gb", self.ram_gb, 0, INT4[1])
-        errors += _in_range("cpu_cores", self.cpu_cores, 0, INT4[1])
-        errors += _in_range("priority", self.priority, *INT4)
+        errors += _in_range("ram_gb", self.ram_gb, 0, INT4.high)
+        errors += _in_range("cpu_cores", self.cpu_cores, 0, INT4.high)
         return errors
 
 
@@ -115,8 +112,6 @@ def node_patch(data: Any) -> node.NodePatch:
     """Absent keys leave a field unchanged; ``null`` clears the nullable ones."""
     value = structure(data, PatchIn)
     errors = [_error(k, "must not be null") for k in NOT_NULLABLE if k in data and data[k] is None]
-    if value.priority is not None:
-        errors += _in_range("priority", value.priority, *INT4)
     if value.node_kind is not None:
         errors += _text("node_kind", value.node_kind)
     if value.maintenance_reason is not None:
@@ -147,8 +142,6 @@ def _text(field: str, value: str, max_len: int = MAX_TEXT, *, blank: bool = Fals
         return [_error(field, "must not be empty")]
     if len(value) > max_len:
         return [_error(field, f"must be at most {max_len} characters")]
-    if "\x00" in value:
-        return [_error(field, "must not contain NUL characters")]
     return []
 
 
