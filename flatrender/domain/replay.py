@@ -9,7 +9,16 @@ is kept, and forgotten, by that same clock (the caller passes the ``now`` it ver
 is dropped only once ``t < now - window``, when the skew check refuses it anyway. Expiry by a
 monotonic clock would drift from that check whenever the wall clock is stepped. The window can
 change on reload; entries are kept for the longest window seen, so a longer one never revives a
-forgotten signature.
+forgotten signature. Nor does a wall clock stepped back: the guard's ``now`` never goes back (the
+latest one it was given), and a signature dated before what it still remembers (``t < now -
+window``) is refused as :attr:`Admission.TOO_OLD`, since it may be one it has forgotten.
+
+Restarts. The memory starts empty with the process (a restart, a fail-over to another daemon), so
+the guard also refuses as ``TOO_OLD`` every signature dated before its own creation
+(``started_at``, floored to the second): requests captured, or in flight, before the restart
+cannot be replayed after it. A node signs each request with its current time, so what it sends
+after the restart passes (a node whose clock lags the daemon's by ``d`` seconds is refused for
+the first ``d`` seconds, and its client signs again on its next attempt).
 
 Memory. Only verified signatures are remembered, so only a holder of a node's secret adds
 entries, and each one lives at most ``2 × window`` (``t`` may lie up to ``window`` ahead).
@@ -41,6 +50,7 @@ _KEY_HEX_DIGITS = 15
 class Admission(enum.Enum):
     ADMITTED = "admitted"  # remembered: the same signature is now refused
     REPLAYED = "replayed"  # accepted before, within the window
+    TOO_OLD = "too_old"  # dated before the guard started, or before what it still remembers
     NODE_FULL = "node_full"  # this node signed more than its share within the window
     FULL = "full"  # the daemon remembers as many signatures as it will
 
@@ -64,14 +74,18 @@ class _Second:
 
 @attrs.define
 class ReplayGuard:
-    """Signatures accepted within the window; ``admit`` is the only entry point."""
+    """Signatures accepted within the window; ``admit`` is the only entry point.
 
+    ``started_at``: the wall-clock unix time the guard was created (its memory begins there)."""
+
+    started_at: float
     per_node: int = 10_000
     total: int = 1_000_000
     _seen: set[int] = attrs.field(init=False, factory=set)
     _seconds: dict[int, _Second] = attrs.field(init=False, factory=dict)
     _shares: dict[UUID, _Share] = attrs.field(init=False, factory=dict)
     _horizon: float = attrs.field(init=False, default=0.0)  # the longest window seen
+    _now: float = attrs.field(init=False, default=-math.inf)  # the latest now given
     _pruned_at: int | None = attrs.field(init=False, default=None)
 
     def __len__(self) -> int:
@@ -85,7 +99,10 @@ class ReplayGuard:
         """Remember ``signed`` from ``node_id`` unless it was accepted before or a cap is
         reached. Call only with a signature that verified at ``now`` within ``window``."""
         self._horizon = max(self._horizon, window)
+        now = self._now = max(self._now, now)
         self._prune(now)
+        if signed.t < math.floor(self.started_at) or signed.t < now - self._horizon:
+            return Admission.TOO_OLD
         key = int(signed.v1[:_KEY_HEX_DIGITS], 16)
         if key in self._seen:
             return Admission.REPLAYED

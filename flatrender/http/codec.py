@@ -205,7 +205,10 @@ def parse_json(raw: bytes) -> Any:
     """Decode a request body: 400 unless it is ordinary JSON, 422 for text no column can hold."""
     if not raw.strip():
         raise bad_request("malformed_json", "the request body is empty; a JSON object is expected")
-    if nesting_depth(raw) > MAX_DEPTH:
+    # Counting brackets is a fast scan; only a body with more than MAX_DEPTH of them (none of
+    # the API's ordinary ones) is measured.
+    brackets = raw.count(b"[") + raw.count(b"{")
+    if brackets > MAX_DEPTH and nesting_depth(raw) > MAX_DEPTH:
         raise bad_request("malformed_json", f"the request body nests deeper than {MAX_DEPTH}")
     try:
         text = raw.decode("utf-8")
@@ -248,6 +251,8 @@ def text_errors(data: Any, root: str = "$") -> list[dict[str, str]]:
             members = enumerate(container)
         nested = []
         for key, item in members:
+            if len(errors) >= MAX_TEXT_ERRORS:
+                break  # one container may hold any number of bad strings: stop at the cap
             if isinstance(key, str) and (problem := unstorable(key)):
                 field = _spell(root, (place, key))
                 errors.append({"field": field, "message": f"the key {problem}"})

@@ -1,18 +1,24 @@
 """Node protocol v1 (DESIGN §4): the internal endpoints node agents call, HMAC-signed.
 
-Every request is authenticated before its body is trusted: the signer is the node in the path,
-or ``node_id`` in the body for ``/internal/render/jobs/...``. An unknown node, a missing, stale or
-malformed signature, another node's signature and a tampered body all get the same 401. Secrets
-are derived per request and never logged. A signature that verifies is remembered before the
-request is served (:class:`~flatrender.domain.replay.ReplayGuard`, one per app): the same one
-again within the window is a 401 ``replayed``, even while the first is still in flight.
+Every request is authenticated before its body is parsed: the signer is the node in the path, or
+for ``/internal/render/jobs/...`` the one ``"node_id": "<uuid>"`` found in the raw body by a
+linear scan (no JSON decoding: an unauthenticated client costs a regex search and at most one
+sha256 of a body Quart caps at ``MAX_CONTENT_LENGTH``, 413 beyond). Once the signature verifies,
+the body is parsed (400/422 for bad content) and its ``node_id`` must be that signer. An unknown
+node, a missing, stale or malformed signature, another node's signature and a tampered body all
+get the same 401. Secrets are derived per request and never logged. A signature that verifies is
+remembered before the request is served (:class:`~flatrender.domain.replay.ReplayGuard`, one per
+app, created with the app): the same one again within the window is a 401 ``replayed``, even
+while the first is still in flight, and so is one dated before the guard was created (signed for
+a previous daemon process).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from flask.sansio.blueprints import BlueprintSetupState
@@ -26,7 +32,6 @@ from flatrender.clock import utc_now
 from flatrender.domain import signing
 from flatrender.domain.model import HealthSample
 from flatrender.domain.replay import Admission, ReplayGuard
-from flatrender.http.codec import parse_json
 from flatrender.http.common import state
 from flatrender.http.errors import (
     ApiError,
@@ -51,10 +56,12 @@ bp = Blueprint("internal", __name__)
 
 _REPLAYS = "flatrender.replays"
 
+Report = TypeVar("Report", CrashIn, FrameIn, ReplicaReadyIn)
+
 
 @bp.record_once
 def _install_replay_guard(setup: BlueprintSetupState) -> None:
-    setup.app.extensions[_REPLAYS] = ReplayGuard()
+    setup.app.extensions[_REPLAYS] = ReplayGuard(started_at=time.time())
 
 
 def replays() -> ReplayGuard:
@@ -85,7 +92,7 @@ async def signed_body(node_id: UUID | None) -> tuple[UUID, bytes]:
     if signed is None:
         raise unauthorized("bad node signature")
     if node_id is None:
-        node_id = _body_node_id(raw)
+        node_id = _signer_named_by(raw)
     auth = state().config.auth
     known = fleet().knows(node_id)
     secret = signing.node_secret(auth.node_master_key, node_id)
@@ -98,20 +105,45 @@ async def signed_body(node_id: UUID | None) -> tuple[UUID, bytes]:
             return node_id, raw
         case Admission.REPLAYED:
             raise ApiError(401, "replayed", "this signature was already used: sign each request")
+        case Admission.TOO_OLD:
+            raise ApiError(
+                401, "replayed", "signed before this daemon remembers signatures: sign it again"
+            )
         case Admission.NODE_FULL | Admission.FULL:
             raise ApiError(
                 429, "too_many_requests", "too many signed requests within the window, retry"
             )
 
 
-def _body_node_id(raw: bytes) -> UUID:
-    try:
-        data = parse_json(raw)
-        return UUID(data["node_id"])
-    except (ApiError, KeyError, TypeError, ValueError, AttributeError, RecursionError):
-        # Whatever the body is (JSON nested past the parser's depth included), it names no
-        # signer: the request is unauthenticated, and its body is looked at no further.
-        raise unauthorized("the body must name the signing node in node_id") from None
+# The signer's key and value as an agent writes them (a plain uuid, no escapes). Linear: a literal
+# prefix, then no backtracking. A match may be no top-level key (nested, or the tail of a key
+# that holds an escaped quote): the decoded body's node_id is compared once the signature holds.
+_NODE_ID = re.compile(rb'"node_id"[ \t\n\r]*:[ \t\n\r]*"([^"\\]{0,64})"')
+
+
+def _signer_named_by(raw: bytes) -> UUID:
+    """The node a report names as its signer, read from the raw body without decoding it (the
+    body is unauthenticated). Named zero times, twice or more, or not as a uuid: a 401. Whether
+    it is the body's own top-level ``node_id`` is checked once the signature verified
+    (:func:`signed_report`)."""
+    found = _NODE_ID.finditer(raw)
+    first, second = next(found, None), next(found, None)
+    if first is not None and second is None:
+        try:
+            return UUID(first.group(1).decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    raise unauthorized("the body must name the signing node once, in node_id")
+
+
+async def signed_report(cls: type[Report]) -> tuple[UUID, Report]:
+    """A ``/internal/render/jobs/...`` report: authenticated, then validated, and its
+    ``node_id`` is the signer's (a node cannot report in another's name)."""
+    nid, raw = await signed_body(None)
+    body: Report = validated(raw, cls)
+    if body.node_id != nid:
+        raise unauthorized("node_id is not the signing node")
+    return nid, body
 
 
 def path_node(value: str) -> UUID:
@@ -260,8 +292,7 @@ async def report_to_job(jid: UUID, frame_job_id: UUID, make: Any) -> Any:
 
 @bp.post("/v1/internal/render/jobs/<job_id>/crash")
 async def crash(job_id: str) -> dict[str, Any]:
-    nid, raw = await signed_body(None)
-    body: CrashIn = validated(raw, CrashIn)
+    nid, body = await signed_report(CrashIn)
     jid = job_uuid(job_id)
     report = nodes.CrashReport(
         node_id=nid,
@@ -292,8 +323,7 @@ async def crash(job_id: str) -> dict[str, Any]:
 
 @bp.post("/v1/internal/render/jobs/<job_id>/frames")
 async def frames(job_id: str) -> tuple[str, int]:
-    nid, raw = await signed_body(None)
-    body: FrameIn = validated(raw, FrameIn)
+    nid, body = await signed_report(FrameIn)
     await report_to_job(
         job_uuid(job_id),
         body.frame_job_id,
@@ -311,8 +341,7 @@ async def frames(job_id: str) -> tuple[str, int]:
 
 @bp.post("/v1/internal/render/jobs/<job_id>/replica-ready")
 async def replica_ready(job_id: str) -> tuple[str, int]:
-    nid, raw = await signed_body(None)
-    body: ReplicaReadyIn = validated(raw, ReplicaReadyIn)
+    nid, body = await signed_report(ReplicaReadyIn)
     jid = job_uuid(job_id)
     row = await state().db.fetchrow(JOB_PROJECT, jid)
     if row is None:

@@ -28,6 +28,7 @@ from flatrender.http.auth import require_admin
 from flatrender.http.codec import converter, dump, parse_json, pick, structure
 from flatrender.http.common import body, caller, path_uuid, query_int, state
 from flatrender.http.errors import ApiError, conflict, not_found, unprocessable
+from flatrender.http.node_bodies import Check
 from flatrender.persistence import health, nodes
 
 bp = Blueprint("nodes", __name__)
@@ -116,6 +117,9 @@ def node_patch(data: Any) -> node.NodePatch:
         errors += _text("node_kind", value.node_kind)
     if value.maintenance_reason is not None:
         errors += _text("maintenance_reason", value.maintenance_reason, MAX_REASON, blank=True)
+    times = Check()  # a time the database can store, bounded as a node's reported ones
+    times.time("next_maintenance_at", value.next_maintenance_at)
+    errors += times.errors
     if errors:
         raise unprocessable("the patch is invalid", errors)
     reason = value.maintenance_reason

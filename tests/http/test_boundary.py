@@ -4,6 +4,7 @@ and JSON that is not ordinary are refused before anything is written, never a 5x
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -422,6 +423,37 @@ def test_text_errors_are_capped() -> None:
     errors = codec.text_errors(["\x00"] * 1000)
     assert len(errors) == codec.MAX_TEXT_ERRORS
     assert errors[0]["field"] == "$[0]"
+
+
+class CountedList(list[Any]):
+    """A list that counts the items iterated over."""
+
+    iterated = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            self.iterated += 1
+            yield item
+
+
+def test_text_errors_stop_at_the_cap_within_one_container() -> None:
+    bad = CountedList(["\x00"] * 100_000)
+    errors = codec.text_errors({"a": bad})
+    assert len(errors) == codec.MAX_TEXT_ERRORS
+    assert errors[-1]["field"] == f"$.a[{codec.MAX_TEXT_ERRORS - 1}]"
+    assert bad.iterated <= codec.MAX_TEXT_ERRORS + 1
+
+
+def test_only_a_body_with_many_brackets_is_measured_for_depth(monkeypatch) -> None:
+    measured: list[bytes] = []
+    real = codec.nesting_depth
+    monkeypatch.setattr(codec, "nesting_depth", lambda raw: measured.append(raw) or real(raw))
+    ordinary = json.dumps({"a": [{"b": [1, 2]}] * 16}).encode()
+    codec.parse_json(ordinary)
+    assert measured == []
+    deep = b"[" * (codec.MAX_DEPTH + 1) + b"]" * (codec.MAX_DEPTH + 1)
+    assert parse_error(deep).code == "malformed_json"
+    assert measured == [deep]
 
 
 @attrs.frozen

@@ -79,8 +79,10 @@ async def test_malformed_signature_is_401(client, registered: UUID, header: str)
     assert response.status_code == 401
 
 
-async def test_stale_signature_is_401(agent: NodeClient) -> None:
+async def test_stale_signature_is_401(agent: NodeClient, client) -> None:
     path = f"/v1/internal/nodes/{agent.node_id}/heartbeat"
+    # A daemon up for a while (its replay guard refuses what was signed before it started).
+    client.app.extensions["flatrender.replays"].started_at = time.time() - 1000
     assert (await agent.post(path, {}, t=int(time.time()) - 301)).status_code == 401
     assert (await agent.post(path, {}, t=int(time.time()) + 301)).status_code == 401
     assert (await agent.post(path, {}, t=int(time.time()) - 290)).status_code == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import types
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -16,6 +17,8 @@ from flatrender.actors import job, node
 from flatrender.domain.model import CommandType, NodeStatus
 from flatrender.domain.replay import ReplayGuard
 from flatrender.domain.signing import sign
+from flatrender.http import codec
+from flatrender.http.app import MAX_BODY_BYTES
 from flatrender.persistence import job_state, nodes
 from flatrender.storage import MinioStore
 from tests.http.test_internal import NodeClient, make_job
@@ -108,6 +111,90 @@ async def test_a_body_that_cannot_name_its_signer_is_401(client, registered: UUI
         assert (await error_of(response))["code"] == "unauthorized"
 
 
+class ParseSpy:
+    """Records the work of decoding a body (codec's JSON decoder and its nesting scan), by
+    whichever caller: what a request cost before it was refused."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.decoded: list[str] = []
+        self.scanned: list[bytes] = []
+        nesting_depth = codec.nesting_depth
+
+        def loads(text: str, **hooks: Any) -> Any:
+            self.decoded.append(text)
+            return json.loads(text, **hooks)
+
+        def scan(raw: bytes) -> int:
+            self.scanned.append(raw)
+            return nesting_depth(raw)
+
+        decoder = types.SimpleNamespace(
+            loads=loads, dumps=json.dumps, JSONDecodeError=json.JSONDecodeError
+        )
+        monkeypatch.setattr(codec, "json", decoder)
+        monkeypatch.setattr(codec, "nesting_depth", scan)
+
+
+async def test_an_unverified_body_is_refused_before_it_is_decoded(
+    agent: NodeClient, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = ParseSpy(monkeypatch)
+    path = f"/v1/internal/render/jobs/{uuid4()}/crash"
+    named = f'{{"node_id": "{agent.node_id}", '.encode()
+    bodies = [
+        named + b'"error_log_tail": "' + b"x" * 1_000_000 + b'"}',  # huge, under the cap
+        named + b'"x": ' + b"[" * 500_000 + b"]" * 500_000 + b"}",  # deep
+        named + b'"crash_signal": "SEG\\u0000V"}',  # NUL
+        named + b'"x": "\xff"}',  # not UTF-8
+    ]
+    for raw in bodies:
+        forged = {"X-Node-Signature": f"t={int(time.time())},v1={V1}"}
+        response = await client.post(path, data=raw, headers=forged)
+        assert response.status_code == 401
+        assert (await error_of(response))["code"] == "unauthorized"
+    # The signer named twice (nested, say): no one signer, even under a valid signature.
+    twice = named + f'"x": {{"node_id": "{agent.node_id}"}}}}'.encode()
+    assert (await agent.post(path, twice)).status_code == 401
+    assert (spy.decoded, spy.scanned) == ([], [])
+    # Signed by the node it names, the same NUL body is decoded: the 422 names the field.
+    response = await agent.post(path, bodies[2])
+    assert response.status_code == 422
+    assert [e["field"] for e in (await error_of(response))["details"]["errors"]] == [
+        "$.crash_signal"
+    ]
+    assert spy.decoded == [bodies[2].decode()]
+
+
+async def test_a_report_in_another_nodes_name_is_401(
+    agent: NodeClient, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node scanned for is nested; the body's own node_id (escaped, so not scanned) is
+    # another node's: found out once decoded.
+    other = str(uuid4())
+    escaped = f"\\u{ord(other[0]):04x}{other[1:]}"
+    raw = f'{{"meta": {{"node_id": "{agent.node_id}"}}, "node_id": "{escaped}"}}'.encode()
+    assert json.loads(raw)["node_id"] == other
+    spy = ParseSpy(monkeypatch)
+    response = await agent.post(f"/v1/internal/render/jobs/{uuid4()}/crash", raw)
+    assert response.status_code == 401
+    assert (await error_of(response))["code"] == "unauthorized"
+    assert spy.decoded == [raw.decode()]
+
+
+@pytest.mark.parametrize("where", ["nodes", "jobs"])
+async def test_a_body_past_the_cap_is_413_in_the_error_format(
+    agent: NodeClient, where: str
+) -> None:
+    if where == "nodes":
+        path = heartbeat_path(agent.node_id)
+    else:
+        path = f"/v1/internal/render/jobs/{uuid4()}/crash"
+    body = {"node_id": str(agent.node_id), "error_log_tail": "x" * MAX_BODY_BYTES}
+    response = await agent.post(path, body)
+    assert response.status_code == 413
+    assert (await error_of(response))["code"] == "payload_too_large"
+
+
 # ------------------------------------------------------------------ replays
 
 
@@ -161,6 +248,31 @@ async def test_a_replayed_online_is_refused(agent: NodeClient, client, actor_sys
     seen = await view(actor_system, agent.node_id)
     assert seen.state.busy is True
     assert [c.type for c in seen.commands] == [CommandType.RENDER_FRAMES]
+
+
+async def test_a_request_signed_before_a_restart_cannot_be_replayed_after_it(
+    agent: NodeClient, client, actor_system
+) -> None:
+    path = heartbeat_path(agent.node_id)
+    assert (await agent.heartbeat()).status_code == 200
+    work = uuid4()
+    await actor_system.fleet.call(
+        agent.node_id,
+        lambda r: node.Assign(work, CommandType.RENDER_FRAMES, {"frame_job_id": str(work)}, r),
+    )
+    stamp = int(time.time())
+    raw, headers = captured(agent, path, IDLE, t=stamp)
+    assert (await client.post(path, data=raw, headers=headers)).status_code == 200
+    # The daemon restarts a second later: its replay guard starts empty.
+    client.app.extensions["flatrender.replays"] = ReplayGuard(started_at=stamp + 1.5)
+    for _ in range(3):
+        again = await client.post(path, data=raw, headers=headers)
+        assert again.status_code == 401
+        assert (await error_of(again))["code"] == "replayed"
+    assert (await view(actor_system, agent.node_id)).state.busy is True
+    # The node's next request is signed with its current time, and served.
+    raw, headers = captured(agent, path, IDLE, t=stamp + 2)
+    assert (await client.post(path, data=raw, headers=headers)).status_code == 200
 
 
 async def test_of_two_identical_requests_in_flight_one_passes(agent: NodeClient, client) -> None:

@@ -316,6 +316,23 @@ async def test_detail_has_every_field(
 # ------------------------------------------------------------------ patch
 
 
+@pytest.mark.parametrize(
+    "when", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1969-12-31T23:59:59Z"]
+)
+async def test_a_maintenance_time_out_of_range_is_422_naming_it(
+    client: Any, tokens: Tokens, actor_system: ActorSystem, when: str
+) -> None:
+    created = await register(client, tokens)
+    response = await client.patch(
+        f"/v1/nodes/{created['id']}", json={"next_maintenance_at": when}, headers=admin(tokens)
+    )
+    assert response.status_code == 422
+    error = (await response.get_json())["error"]
+    assert error["code"] == "validation_failed"
+    assert [e["field"] for e in error["details"]["errors"]] == ["$.next_maintenance_at"]
+    assert (await get_node(client, tokens, created["id"]))["next_maintenance_at"] is None
+
+
 async def test_maintenance_in_the_past_holds_an_idle_node_until_cleared(
     client: Any, tokens: Tokens, actor_system: ActorSystem
 ) -> None:
