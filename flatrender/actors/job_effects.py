@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -350,7 +351,9 @@ class JobEffects(JobNodes):
         async def merge() -> None:
             with scope:
                 try:
-                    export = await self.deps.merger.merge(request)
+                    export = await until_checked(
+                        partial(self.deps.merger.merge, request), f"job {request.job_id}: merge"
+                    )
                 except MergeFailed as e:
                     await self.inbox.send(_Merged(None, str(e)))
                     return

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import trio
@@ -35,6 +36,8 @@ LOCAL_RETRY_INITIAL_SEC = 5.0
 LOCAL_RETRY_MAX_SEC = 300.0
 
 log = logging.getLogger("flatrender.validation")
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -77,7 +80,7 @@ async def check_output(
     return OutputCheck(True, preview_b64=preview)
 
 
-async def until_checked(check: Callable[[], Awaitable[OutputCheck]], what: str) -> OutputCheck:
+async def until_checked(check: Callable[[], Awaitable[T]], what: str) -> T:
     """Run ``check`` until it answers. An OSError is this daemon's own trouble, not the output's:
     the storage adapter turns network errors into StorageUnavailable, so what is left is the
     local disk (full, the temporary folder missing or not writable) or a tool missing. Failing
@@ -86,7 +89,8 @@ async def until_checked(check: Callable[[], Awaitable[OutputCheck]], what: str) 
     error in the validation its restart runs, until the supervisor escalates. So the range stays
     Rendered and its check runs again after a pause (doubling up to ``LOCAL_RETRY_MAX_SEC``),
     each failure logged as an error for the operator, who frees the disk; a user may still
-    cancel the job meanwhile."""
+    cancel the job meanwhile. A merge (the segments downloaded to this disk) is run the same
+    way."""
     delay = LOCAL_RETRY_INITIAL_SEC
     while True:
         try:

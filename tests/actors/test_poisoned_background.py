@@ -163,12 +163,14 @@ def mock_clock() -> trio.testing.MockClock:
 
 
 class DiskFull:
-    """The daemon's disk while the output downloads: full, then freed. Each check's end is
-    signalled, after the error is raised and before the validation sleeps or answers."""
+    """The daemon's disk while outputs download: full, then freed. Each check's (or merge's)
+    end is signalled, after the error is raised and before the task sleeps or answers."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.full = True
-        self.checks = 0
+        self.fills_after_validation = False
+        self.checks = 0  # validations and merges that ended
+        self.merges = 0
         self.checked = trio.Event()
         download = MinioStore._download_sync
         check = job_effects.check_output
@@ -184,13 +186,25 @@ class DiskFull:
             finally:
                 self.checks += 1
                 self.checked.set()
+                self.full = self.full or self.fills_after_validation
 
+        async def merge(merger: Merger, request: MergeRequest) -> MergedExport:
+            try:
+                return await merged(merger, request)
+            finally:
+                self.merges += 1
+                self.checks += 1
+                self.checked.set()
+
+        merged = Merger.merge
         monkeypatch.setattr(MinioStore, "_download_sync", download_sync)
         monkeypatch.setattr(job_effects, "check_output", observed)
+        monkeypatch.setattr(Merger, "merge", merge)
 
-    async def next_check(self) -> None:
-        await self.checked.wait()
-        self.checked = trio.Event()
+    async def until(self, checks: int) -> None:
+        while self.checks < checks:
+            await self.checked.wait()
+            self.checked = trio.Event()
 
 
 async def test_a_full_disk_while_validating_retries_later_without_failing_the_range(
@@ -219,9 +233,9 @@ async def test_a_full_disk_while_validating_retries_later_without_failing_the_ra
 
     with caplog.at_level(logging.ERROR, logger="flatrender.validation"):
         assert await answer_of(queue(inbox, rendered(node_id, first))) is True
-        await disk.next_check()
+        await disk.until(1)
         mock_clock.jump(LOCAL_RETRY_INITIAL_SEC)  # the pause doubles: the next one is longer
-        await disk.next_check()
+        await disk.until(2)
 
         waiting = (await inspect(inbox)).range(first.id)
         assert waiting is not None
@@ -232,12 +246,46 @@ async def test_a_full_disk_while_validating_retries_later_without_failing_the_ra
 
         disk.full = False
         mock_clock.jump(2 * LOCAL_RETRY_INITIAL_SEC)
-        await disk.next_check()
+        await disk.until(3)
 
     state = await inspect(inbox)
     validated = state.range(first.id)
     assert validated is not None
     assert (validated.status, validated.attempt) == (js.RangeStatus.VALIDATED, 1)
-    assert disk.checks == 3
+    assert disk.checks - disk.merges == 3  # the merge that follows may have run meanwhile
     assert not any(r.replaces_id == first.id for r in state.ranges)
     assert await db.fetchval("SELECT consecutive_failures FROM nodes WHERE id = $1", node_id) == 0
+
+
+async def test_a_full_disk_while_merging_retries_later_without_failing_the_job(
+    db: Database,
+    actor_system: ActorSystem,
+    nursery: trio.Nursery,
+    tokens: Tokens,
+    mock_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    job_id, inbox, first, node_id = await crashing_node(db, actor_system, nursery, tokens)
+    segment = tmp_path / "r.mp4"
+    media.render_segment(
+        segment, start_frame=first.start_frame, end_frame=first.end_frame, frame_rate=30
+    )
+    key = job_state.output_key(job_id, first.id, "mp4")
+    await actor_system.jobs.deps.store.put_file(key, segment, "video/mp4")
+    disk = DiskFull(monkeypatch)
+    disk.full, disk.fills_after_validation = False, True  # full once validated, before merging
+
+    assert await answer_of(queue(inbox, rendered(node_id, first))) is True
+    await disk.until(1)  # the validation
+    await disk.until(2)  # the merge, refused by the disk
+    assert (await inspect(inbox)).step is js.JobStep.MERGING
+
+    disk.full = False
+    mock_clock.jump(LOCAL_RETRY_INITIAL_SEC)
+    await disk.until(3)
+
+    assert (await inspect(inbox)).step is js.JobStep.COMPLETED
+    assert (disk.checks, disk.merges) == (3, 2)
+    row = await db.fetchrow("SELECT step, failed_message FROM render_jobs WHERE id = $1", job_id)
+    assert tuple(row) == ("Completed", None)
