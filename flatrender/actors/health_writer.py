@@ -20,6 +20,7 @@ import attrs
 import trio
 from asyncpg import exceptions as pg
 
+from flatrender.domain.bounds import INT4
 from flatrender.domain.model import HealthSample
 from flatrender.persistence.db import (
     UNAVAILABLE_ERRORS,
@@ -68,7 +69,6 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     pg.InsufficientResourcesError,
     pg.TransactionRollbackError,
 )
-_INT4 = range(-(2**31), 2**31)
 # A sample as a COPY record, in SAMPLE_COLUMNS order (what attrs.astuple gives, for less CPU).
 _record = operator.attrgetter(*SAMPLE_COLUMNS)
 
@@ -90,7 +90,7 @@ def check_sample(sample: HealthSample) -> None:
         ("cache_used_gb", sample.cache_used_gb),
         ("current_frame", frame if frame is not None else 0),
     ):
-        if value not in _INT4:
+        if value not in INT4:
             raise DataRefused(f"{name} is out of range")
 
 

@@ -140,16 +140,42 @@ class JobActor(JobReports):
 
     async def _serve_one(self, message: Message) -> None:
         """Handle one message. One whose data is refused (``MESSAGE_ERRORS``) is answered with
-        the error and the actor goes on: its commit failed, so its state is as it was. Anything
+        the error and the actor goes on: its commit failed, so its state is as it was. A
+        background result refused has nobody to answer (:meth:`_background_refused`). Anything
         else fails the message and crashes the actor."""
         try:
             await self._dispatch(message)
         except MESSAGE_ERRORS as e:
-            refuse(f"job {self.state.job_id}", message, message.reply, e)
+            if message.reply is None:
+                await self._background_refused(message, e)
+            else:
+                refuse(f"job {self.state.job_id}", message, message.reply, e)
         except BaseException:
             if message.reply is not None:
                 fail(message.reply)
             raise
+
+    async def _background_refused(self, message: Message, error: Exception) -> None:
+        """A background result whose commit was refused. Crashing would not help a validation
+        or a merge: the restarted actor runs it again on the same output (``_resume``), gets the
+        same refused result, and crashes until the supervisor escalates. So the result counts
+        as its step's failure, written without its data: a validation failed (the range is
+        rendered again, and the job fails with its refund once the attempts are spent), a merge
+        failed (the job fails with its refund). Any other message without a reply (WorkDropped,
+        NodeGone: written from the actor's own state, no client value in it) crashes the actor
+        for its supervisor to restart, as before (:func:`refuse`)."""
+        who = f"job {self.state.job_id}"
+        match message:
+            case _Validated(range_id=range_id):
+                log.error("%s: the check of range %s was refused: %s", who, range_id, error)
+                why = f"its result could not be stored: {error}"
+                await self._apply(js.OutputValidated(range_id, False, why))
+            case _Merged():
+                log.error("%s: the merged export was refused: %s", who, error)
+                self._merge_scope = None
+                await self._apply(js.MergeFailed(f"the export could not be recorded: {error}"))
+            case _:
+                refuse(who, message, None, error)
 
     async def _serve_reports(self, reports: list[ReportFrame]) -> None:
         """Frame reports waiting together are committed together; each is answered after. When

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +25,7 @@ from flatrender.actors.fleet import Fleet
 from flatrender.actors.job_messages import _Merged, _Validated
 from flatrender.actors.job_nodes import JobNodes
 from flatrender.actors.merger import MergeFailed, Merger, MergeRequest
-from flatrender.actors.validation import check_output, check_still
+from flatrender.actors.validation import OutputCheck, check_output, check_still, until_checked
 from flatrender.config import Config
 from flatrender.domain import job_steps as js
 from flatrender.domain.model import CommandType
@@ -328,12 +329,13 @@ class JobEffects(JobNodes):
         expected = r.frame_count if self.row.output_format == "mp4" else 1
         store = self.deps.store
 
-        async def validate() -> None:
+        async def run_check() -> OutputCheck:
             if self.state.snapshot:
-                thumbnail = snapshots.thumbnail_key(self.state.job_id)
-                check = await check_still(store, key, thumbnail)
-            else:
-                check = await check_output(store, key, expected)
+                return await check_still(store, key, snapshots.thumbnail_key(self.state.job_id))
+            return await check_output(store, key, expected)
+
+        async def validate() -> None:
+            check = await until_checked(run_check, f"job {self.state.job_id}: output {key}")
             await self.inbox.send(_Validated(range_id, check))
 
         self._nursery.start_soon(validate)
@@ -349,7 +351,9 @@ class JobEffects(JobNodes):
         async def merge() -> None:
             with scope:
                 try:
-                    export = await self.deps.merger.merge(request)
+                    export = await until_checked(
+                        partial(self.deps.merger.merge, request), f"job {request.job_id}: merge"
+                    )
                 except MergeFailed as e:
                     await self.inbox.send(_Merged(None, str(e)))
                     return

@@ -8,7 +8,8 @@ One message's data can fail its handling without anything being wrong with the a
 database refuses a value (:class:`DataRefused`: NUL in text, a number out of range). Such an
 error is one of :data:`MESSAGE_ERRORS`: every actor's loop answers it to the message's sender,
 who raises it (a 4xx at the HTTP edge), and goes on to its next message. That is safe because
-actors commit before they change their state: a refused commit leaves the state as it was.
+actors commit before they change their state: a refused commit leaves the state as it was. A
+message without a reply has nobody to tell: refused, it crashes the actor as any error does.
 Anything else a handler raises is a bug and crashes the actor, for its supervisor to restart.
 """
 
@@ -142,10 +143,12 @@ def fail(reply: Reply) -> None:
 def refuse(who: str, message: object, reply: Reply | None, error: Exception) -> None:
     """Answer a message that failed with one of :data:`MESSAGE_ERRORS` (``who`` handled it):
     its sender raises ``error``. A message nobody waits for (a background result) has nobody
-    to tell: that is logged as an error, since what it reported is lost."""
+    to tell: ``error`` is raised again, and the actor crashes for its supervisor to restart it,
+    so that what the message reported is not lost silently (an actor whose restart would meet
+    the same data again handles that before, as the JobActor does)."""
     name = type(message).__name__
     if reply is None:
         log.error("%s: %s refused, nobody to tell: %s", who, name, error)
-        return
+        raise error
     log.warning("%s: %s refused: %s", who, name, error)
     answer(reply, error)

@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from flatrender import media
-from flatrender.storage import ObjectStore
+from flatrender.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("flatrender.merger")
 T = TypeVar("T")
@@ -74,7 +74,10 @@ class Merger:
         paths = []
         for i, key in enumerate(request.segment_keys):
             path = folder / f"{i:05d}.mp4"
-            await self.store.download_file(key, path)
+            try:
+                await self.store.download_file(key, path)
+            except ObjectNotFound as e:  # gone since its validation: no retry brings it back
+                raise MergeFailed(f"segment {key} is missing") from e
             paths.append(path)
         out = folder / "export.mp4"
         try:

@@ -6,13 +6,20 @@ its container header probed in a worker thread; nothing is decoded
 but a snapshot's PNG (:func:`check_still`), which is decoded whole and gets its thumbnail here,
 once its size in bytes and the width and height in its header are known to be within bounds.
 A truncated or mismatched file is a failed attempt, rendered again.
+
+A check that cannot run here (an OSError: this daemon's disk is full, its temporary folder is
+gone, ffprobe is missing) says nothing of the node's output: :func:`until_checked` retries it
+later instead of failing the range (see there).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import trio
@@ -24,6 +31,13 @@ from flatrender.storage import ObjectNotFound, ObjectStore, ObjectTooLarge
 # Far above an honest range (at most [jobs] max_chunk_frames frames, Lossless at 4K), and what
 # one validation may put in the temporary folder.
 MAX_SEGMENT_BYTES = 8 * 1024**3
+# How long a check that could not run here waits before it runs again: doubling up to the max.
+LOCAL_RETRY_INITIAL_SEC = 5.0
+LOCAL_RETRY_MAX_SEC = 300.0
+
+log = logging.getLogger("flatrender.validation")
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -64,6 +78,27 @@ async def check_output(
     if info.frames != expected_frames:
         return OutputCheck(False, f"output holds {info.frames} frames, expected {expected_frames}")
     return OutputCheck(True, preview_b64=preview)
+
+
+async def until_checked(check: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``check`` until it answers. An OSError is this daemon's own trouble, not the output's:
+    the storage adapter turns network errors into StorageUnavailable, so what is left is the
+    local disk (full, the temporary folder missing or not writable) or a tool missing. Failing
+    the range for it would render it again on another node, count it against the job's
+    attempts and blame a node that did its work; crashing the job actor would meet the same
+    error in the validation its restart runs, until the supervisor escalates. So the range stays
+    Rendered and its check runs again after a pause (doubling up to ``LOCAL_RETRY_MAX_SEC``),
+    each failure logged as an error for the operator, who frees the disk; a user may still
+    cancel the job meanwhile. A merge (the segments downloaded to this disk) is run the same
+    way."""
+    delay = LOCAL_RETRY_INITIAL_SEC
+    while True:
+        try:
+            return await check()
+        except OSError as e:
+            log.error("%s cannot be checked here, again in %.0f s: %r", what, delay, e)
+        await trio.sleep(delay)
+        delay = min(delay * 2, LOCAL_RETRY_MAX_SEC)
 
 
 SNAPSHOT_THUMBNAIL_WIDTH = 160

@@ -106,7 +106,9 @@ def register_error_handlers(app: Quart) -> None:
     async def _data_refused(error: DataRefused) -> Response:
         # A value of the request the database cannot hold (NUL in text, a number out of
         # range): the client's to fix, never an outage.
-        log.warning("the database refused a value of the request: %s", error.reason)
+        log.warning(
+            "the database refused a value of the request (%s): %s", error.sqlstate, error.reason
+        )
         message = f"a value of the request was refused: {error.reason}"
         return error_response(
             422,

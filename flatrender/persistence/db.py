@@ -2,10 +2,10 @@
 
 Owns: one triopg pool per process. Callers run statements through the pool's proxy methods or,
 for anything multi-row, inside :meth:`Database.transaction`. Database outages surface as
-:class:`DatabaseUnavailable` so the HTTP layer can answer 503 instead of 500; a value the
-database refuses (the statement's data is at fault, not the database) surfaces as
-:class:`DataRefused`, which the HTTP layer answers 422 and an actor answers to the message's
-sender without crashing.
+:class:`DatabaseUnavailable` so the HTTP layer can answer 503 instead of 500; a client's value
+the database cannot hold (NUL in text, a number out of range: ``REFUSED_SQLSTATES``) surfaces
+as :class:`DataRefused`, which the HTTP layer answers 422 and an actor answers to the message's
+sender without crashing. Any other data error is a bug of ours and passes as asyncpg's own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import trio_asyncio
@@ -31,19 +31,30 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-# Errors that mean "this statement's data is refused", whatever retries: a value asyncpg cannot
-# encode for its parameter (client side: an int outside int4, a str for a uuid), a data
-# exception (SQLSTATE class 22: NUL or bad encoding in text, a number out of range, a bad
-# date), and a CHECK constraint a value breaks. Other integrity violations stay asyncpg's own
-# errors: unique, foreign-key and exclusion violations are caught deliberately by their callers
-# (a name taken, a race lost), and a NOT NULL violation is a bug of ours, not a client's value.
-# Listed before UNAVAILABLE_ERRORS wherever both are caught: the client-side DataError is an
-# InterfaceError too.
-REFUSED_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg_base.DataError,
-    asyncpg.DataError,
-    asyncpg.CheckViolationError,
+# A statement's data is refused, whatever retries, when PostgreSQL (or asyncpg before it) cannot
+# hold a value the client gave: these SQLSTATEs, and a value asyncpg cannot encode for its
+# parameter because it is out of the type's range or not encodable text (the cause's type).
+# Everything else stays asyncpg's own error, a bug of ours to see with its traceback: a wrong
+# Python type for a parameter, a bad cast or a division by zero in our SQL, a NOT NULL or CHECK
+# violation (the HTTP layer checks every client value a CHECK constrains, so a CHECK broken is a
+# value we computed or a check we missed), and the unique, foreign-key and exclusion violations
+# callers catch on purpose (a name taken, a race lost).
+REFUSED_SQLSTATES = frozenset(
+    {
+        "22021",  # character_not_in_repertoire: NUL or bad UTF-8 in text
+        "22P05",  # untranslatable_character: NUL (\u0000) in jsonb
+        "22003",  # numeric_value_out_of_range
+        "22001",  # string_data_right_truncation: longer than a varchar(n)
+        "22008",  # datetime_field_overflow
+        "22007",  # invalid_datetime_format
+    }
 )
+_REFUSED_ENCODINGS: tuple[type[Exception], ...] = (OverflowError, UnicodeError)
+# What asyncpg raises for a refused value: a server data exception (class 22), or a DataError
+# raised before sending, whose cause is the codec's own error. Checked by `DataRefused.of`,
+# before UNAVAILABLE_ERRORS wherever both are caught (asyncpg's base DataError is an
+# InterfaceError too).
+REFUSABLE_ERRORS: tuple[type[Exception], ...] = (asyncpg.DataError, asyncpg_base.DataError)
 
 
 class DatabaseUnavailable(Exception):
@@ -67,26 +78,37 @@ class DataRefused(Exception):
         self.sqlstate = sqlstate
 
     @classmethod
-    def of(cls, error: Exception) -> DataRefused:
+    def of(cls, error: Exception) -> DataRefused | None:
+        """The refusal ``error`` (one of ``REFUSABLE_ERRORS``) means, or None for a bug of ours
+        that must propagate as it is."""
         # The server's primary message: 'invalid byte sequence for encoding "UTF8": 0x00',
         # 'value "..." is out of range for type integer'. Never the statement itself.
         message = getattr(error, "message", None)
         if isinstance(error, asyncpg_base.DataError) or message is None:
-            # Refused by asyncpg before sending (it raises a DataError of either kind, with no
-            # server message): "invalid input for query argument $2: <the value> (value out
-            # of int32 range)". The value may be long (and is the client's own); the why is
-            # what tells.
+            # Refused by asyncpg before sending, with no server message: "invalid input for
+            # query argument $2: <the value> (value out of int32 range)". Only a value out of
+            # range or not encodable is the client's; a wrong type (TypeError, an invalid uuid
+            # string) is ours. The value may be long (and is the client's own); the why tells.
+            if not isinstance(error.__cause__, _REFUSED_ENCODINGS):
+                return None
             found = _CLIENT_REASON.search(str(error))
             reason = found.group(1) if found else "a value cannot be encoded for its column"
             return cls(_safe(reason))
         sqlstate = getattr(error, "sqlstate", None)
-        if isinstance(error, asyncpg.CheckViolationError):
-            constraint = getattr(error, "constraint_name", None) or "a check"
-            return cls(_safe(f"a value is outside what is allowed ({constraint})"), sqlstate)
+        if sqlstate not in REFUSED_SQLSTATES:
+            return None
         return cls(_safe(str(message)), sqlstate)
 
 
 _CLIENT_REASON = re.compile(r"\(([^()]*)\)\s*$")
+
+
+def _raise_refused(error: Exception) -> NoReturn:
+    """Raise `DataRefused` for a refused value, else ``error`` itself (from its except block)."""
+    refused = DataRefused.of(error)
+    if refused is None:
+        raise error
+    raise refused from error
 
 
 def _safe(text: str) -> str:
@@ -135,14 +157,14 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
-        """One pooled connection for the body. Raises `DataRefused` for a value the database
-        refuses and `DatabaseUnavailable` when it cannot be reached; other asyncpg errors
-        (a unique violation, ...) pass as they are."""
+        """One pooled connection for the body. Raises `DataRefused` for a client's value the
+        database refuses and `DatabaseUnavailable` when it cannot be reached; other asyncpg
+        errors (a unique violation, a wrong parameter type, ...) pass as they are."""
         try:
             async with self.pool.acquire() as conn:
                 yield conn
-        except REFUSED_ERRORS as e:
-            raise DataRefused.of(e) from e
+        except REFUSABLE_ERRORS as e:
+            _raise_refused(e)
         except UNAVAILABLE_ERRORS as e:
             raise DatabaseUnavailable(str(e) or type(e).__name__) from e
 
@@ -183,8 +205,8 @@ class Database:
     async def _call(method: Callable[..., Any], *args: Any) -> Any:
         try:
             return await method(*args)
-        except REFUSED_ERRORS as e:
-            raise DataRefused.of(e) from e
+        except REFUSABLE_ERRORS as e:
+            _raise_refused(e)
         except UNAVAILABLE_ERRORS as e:
             raise DatabaseUnavailable(str(e) or type(e).__name__) from e
 

@@ -60,3 +60,12 @@ async def test_merge_of_a_truncated_segment_fails(store: MinioStore, tmp_path: P
     await store.put_bytes(keys[0], whole[: len(whole) // 2])
     with pytest.raises(MergeFailed):
         await Merger(store).merge(MergeRequest(uuid4(), keys, expected_frames=30))
+
+
+async def test_merge_of_a_segment_gone_from_storage_fails(
+    store: MinioStore, tmp_path: Path
+) -> None:
+    keys = await upload_segments(store, tmp_path, [(0, 29), (30, 59)])
+    await store.delete(keys[1])
+    with pytest.raises(MergeFailed, match=f"segment {keys[1]} is missing"):
+        await Merger(store).merge(MergeRequest(uuid4(), keys, expected_frames=60))

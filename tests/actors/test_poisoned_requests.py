@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import attrs
 import pytest
 import trio
@@ -272,3 +273,22 @@ async def test_over_http_fifty_refused_cache_updates_leave_the_node_serving(
     assert (await agent.post(path, good)).status_code == 204
     assert (await agent.heartbeat()).status_code == 200
     assert set(restarts(actor_system).values()) == {0}
+
+
+async def test_over_http_a_data_error_of_ours_is_a_500_with_its_traceback_logged(
+    client: Any, app_state: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    route = "/v1/test-only/our-bug"
+
+    async def our_bug() -> dict[str, Any]:
+        await app_state.db.fetchval("SELECT $1::uuid", "not-a-uuid")  # a str where a UUID goes
+        return {}
+
+    client.app.add_url_rule(route, "test_only_our_bug", our_bug, methods=["GET"])
+    with caplog.at_level("ERROR", logger="flatrender"):
+        response = await client.get(route)
+
+    assert response.status_code == 500
+    assert (await response.get_json())["error"]["code"] == "internal_error"
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], asyncpg.DataError)

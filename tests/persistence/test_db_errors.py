@@ -61,11 +61,71 @@ async def test_a_lone_surrogate_and_nul_in_jsonb_are_refused_data(db: Database) 
     assert nul.value.sqlstate == "22P05"  # untranslatable_character
 
 
-async def test_a_broken_check_constraint_is_refused_data(db: Database) -> None:
-    with pytest.raises(DataRefused) as refused:
+async def test_a_broken_check_constraint_stays_asyncpgs_own(db: Database) -> None:
+    # The HTTP layer checks every client value a CHECK constrains: one broken is our bug.
+    with pytest.raises(asyncpg.CheckViolationError) as broken:
         await db.execute(INSERT_NODE, uuid4(), "n1", -1)
-    assert refused.value.sqlstate == "23514"
-    assert "nodes_ram_gb_check" in refused.value.reason
+    assert broken.value.constraint_name == "nodes_ram_gb_check"
+    assert await node_names(db) == []
+
+
+@pytest.mark.parametrize(
+    ("query", "value", "cause"),
+    [
+        ("SELECT $1::uuid", "not-a-uuid", ValueError),  # a str where we meant a UUID
+        ("SELECT $1::integer", "5", TypeError),
+        ("SELECT $1::text", 5, TypeError),
+        ("SELECT $1::jsonb", {"at": object()}, TypeError),
+    ],
+)
+async def test_a_wrong_python_type_is_our_bug_not_refused_data(
+    db: Database, query: str, value: object, cause: type[Exception]
+) -> None:
+    with pytest.raises(asyncpg.DataError) as bug:
+        await db.fetchval(query, value)
+    assert not isinstance(bug.value, DataRefused | DatabaseUnavailable)
+    assert isinstance(bug.value.__cause__, cause)
+    with pytest.raises(asyncpg.DataError):  # the same through a connection block
+        async with db.connection() as conn:
+            await conn.fetchval(query, value)
+
+
+@pytest.mark.parametrize(
+    ("query", "value", "sqlstate"),
+    [
+        ("SELECT 1 / $1::integer", 0, "22012"),  # division_by_zero
+        ("SELECT $1::text::integer", "abc", "22P02"),  # invalid_text_representation
+    ],
+)
+async def test_a_data_exception_of_our_sql_stays_asyncpgs_own(
+    db: Database, query: str, value: object, sqlstate: str
+) -> None:
+    with pytest.raises(asyncpg.DataError) as bug:
+        await db.fetchval(query, value)
+    assert not isinstance(bug.value, DataRefused)
+    assert bug.value.sqlstate == sqlstate
+
+    async def body(conn: Connection) -> None:
+        await conn.fetchval(query, value)
+
+    with pytest.raises(asyncpg.DataError):
+        await db.atomic(body)
+
+
+async def test_too_long_text_and_bad_dates_are_refused_data(db: Database) -> None:
+    with pytest.raises(DataRefused) as long:
+        async with db.transaction() as conn:
+            await conn.execute("CREATE TEMP TABLE short (v varchar(2)) ON COMMIT DROP")
+            await conn.execute("INSERT INTO short VALUES ($1)", "abc")
+    with pytest.raises(DataRefused) as overflow:
+        await db.fetchval("SELECT $1::text::date", "2020-13-45")
+    with pytest.raises(DataRefused) as bad_format:
+        await db.fetchval("SELECT $1::text::timestamptz", "2020-01-01 25:99")
+    with pytest.raises(DataRefused) as int64:
+        await db.fetchval("SELECT $1::bigint", 2**63)
+    assert (overflow.value.sqlstate, int64.value.reason) == ("22008", "value out of int64 range")
+    assert bad_format.value.sqlstate in {"22007", "22008"}
+    assert long.value.sqlstate == "22001"  # string_data_right_truncation
 
 
 async def test_a_long_value_is_not_echoed_whole(db: Database) -> None:
