@@ -9,10 +9,12 @@ from uuid import uuid4
 
 import attrs
 import pytest
+import trio
 import trio_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from flatrender.actors import job
+from flatrender.actors.supervisor import ChildSpec, Supervisor
 from flatrender.actors.system import ActorSystem
 from flatrender.config import Config
 from flatrender.embedded import EmbeddedPostgres
@@ -217,3 +219,24 @@ async def test_metrics_leave_out_the_counts_while_the_database_is_gone(
         samples = await scrape(http)
     assert "flatrender_nodes" not in samples and "flatrender_jobs" not in samples
     assert one(samples, "flatrender_s3_errors_total") == 0
+
+
+async def test_the_mailbox_depth_is_what_waits_in_a_childs_inbox(nursery) -> None:
+    supervisor = await nursery.start(Supervisor().run)
+
+    async def deaf(*, task_status: trio.TaskStatus[trio.MemorySendChannel[int]]) -> None:
+        send, receive = trio.open_memory_channel[int](8)
+        task_status.started(send)
+        async with receive:
+            await trio.sleep_forever()  # never reads: whatever is sent waits
+
+    async def service(*, task_status: trio.TaskStatus[object]) -> None:
+        task_status.started(object())  # a handle that is no inbox
+        await trio.sleep_forever()
+
+    inbox = await supervisor.start_child(ChildSpec("deaf", deaf))
+    await supervisor.start_child(ChildSpec("service", service))
+    for n in range(3):
+        inbox.send_nowait(n)
+    children = supervisor.statistics().children
+    assert (children["deaf"].queued, children["service"].queued) == (3, 0)
