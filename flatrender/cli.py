@@ -135,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     from flatrender.persistence.migrate import SchemaBehind
 
     config = Config.load_for_serve(args.config)
-    logs.configure(config.log.level)
+    logs.configure(config.log.level, config.log.format)
     daemon = Daemon(config, config_path=args.config, listen_fds=systemd.listen_fds())
     try:
         trio.run(serve_forever, daemon)
@@ -153,7 +153,7 @@ def _migrate(args: argparse.Namespace) -> int:
     config = _load(args)
     if not config.database.url:
         raise ConfigError("[database] url: must be set")
-    logs.configure(config.log.level)
+    logs.configure(config.log.level, config.log.format)
 
     async def run() -> int:
         try:

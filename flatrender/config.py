@@ -187,6 +187,8 @@ class UpdatesConfig:
 @attrs.frozen
 class LogConfig:
     level: str = "INFO"
+    # "text": one readable line per event; "json": one JSON object per line (journald, Loki).
+    format: str = "text"
 
 
 @attrs.frozen

@@ -130,6 +130,8 @@ def validate(config: Config) -> None:
         raise ConfigError("[notify] retry_max_sec: must be at least retry_base_sec")
     if config.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(f"[log] level: unknown level {config.log.level!r}")
+    if config.log.format not in {"text", "json"}:
+        raise ConfigError(f'[log] format: must be "text" or "json", not {config.log.format!r}')
     for section, key, url in (
         ("notify", "webhook_url", config.notify.webhook_url),
         ("http", "public_url", config.http.public_url),

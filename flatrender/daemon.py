@@ -164,6 +164,7 @@ class Daemon:
         if self.app_state is not None:
             self.app_state.reload(new)
         logs.set_level(new.log.level)
+        logs.set_format(new.log.format)
         log.info("configuration reloaded")
         systemd.ready()
 

@@ -127,7 +127,7 @@ def run_dev(state_dir: Path, *, port: int, nodes: int, config_path: Path | None)
     state_dir.mkdir(parents=True, exist_ok=True)
     keys = _secrets(state_dir)
     base = Config.load(config_path)
-    logs.configure(base.log.level)
+    logs.configure(base.log.level, base.log.format)
     pg: EmbeddedPostgres | None = None
     s3: EmbeddedS3 | None = None
     try:

@@ -196,6 +196,8 @@ class MinioStore:
             ),
         )
         self._client = self._new_client(config)
+        # Calls that failed for a reason other than a missing object (GET /metrics).
+        self.errors = 0
 
     def _new_client(self, config: S3Config) -> Minio:
         # A fixed region: presigning then never asks the server for the bucket's location.
@@ -229,6 +231,7 @@ class MinioStore:
         except _TRANSLATED as e:
             if key is not None and isinstance(e, S3Error) and e.code in _NOT_FOUND_CODES:
                 raise ObjectNotFound(key) from e
+            self.errors += 1
             raise _translate(e) from e
 
     # -- ObjectStore -------------------------------------------------------------------------

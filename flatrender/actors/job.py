@@ -21,6 +21,7 @@ from uuid import UUID, uuid4
 
 import trio
 
+from flatrender import logs
 from flatrender.actors.job_effects import JobDeps as JobDeps
 from flatrender.actors.job_messages import Abort as Abort
 from flatrender.actors.job_messages import AssignRange as AssignRange
@@ -136,7 +137,12 @@ class JobActor(JobReports):
                 self._answer_unserved(held)
             self._answer_waiting(inbox)
             inbox.close()
-        log.info("job %s is %s", self.state.job_id, self.state.step.value)
+        log.info(
+            "job %s is %s",
+            self.state.job_id,
+            self.state.step.value,
+            extra=logs.about(job_id=self.state.job_id),
+        )
 
     async def _serve_one(self, message: Message) -> None:
         """Handle one message. One whose data is refused (``MESSAGE_ERRORS``) is answered with
@@ -270,11 +276,14 @@ class JobActor(JobReports):
             return False
         r = self.state.range(range_id)
         assert r is not None
+        payload = await self._render_payload(r)
+        ready_at = self._ready_at.get(range_id)
         if not await self._give_node(
-            node_id, range_id, CommandType.RENDER_FRAMES, await self._render_payload(r)
+            node_id, range_id, CommandType.RENDER_FRAMES, payload, ready_at
         ):
             return False
         await self._commit(decision)
+        self._ready_at.pop(range_id, None)
         return True
 
     async def _assign_ranges(self, pairs: tuple[tuple[UUID, UUID], ...]) -> frozenset[UUID]:
@@ -296,7 +305,10 @@ class JobActor(JobReports):
         took: set[UUID] = set()
 
         async def offer(range_id: UUID, node_id: UUID, payload: dict[str, object]) -> None:
-            if await self._give_node(node_id, range_id, CommandType.RENDER_FRAMES, payload):
+            ready_at = self._ready_at.get(range_id)
+            if await self._give_node(
+                node_id, range_id, CommandType.RENDER_FRAMES, payload, ready_at
+            ):
                 took.add(range_id)
 
         async with trio.open_nursery() as nursery:
@@ -310,6 +322,8 @@ class JobActor(JobReports):
                 effects.extend(decision.effects)
         if took:
             await self._commit(js.Decision(state, tuple(effects)))
+            for range_id in took:
+                self._ready_at.pop(range_id, None)
         return frozenset(took)
 
     async def _assign_replica(self, node_id: UUID) -> bool:

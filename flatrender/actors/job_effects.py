@@ -20,6 +20,7 @@ from uuid import UUID
 import attrs
 import trio
 
+from flatrender import logs
 from flatrender.actors import snapshot_objects
 from flatrender.actors.fleet import Fleet
 from flatrender.actors.job_messages import _Merged, _Validated
@@ -31,6 +32,7 @@ from flatrender.domain import job_steps as js
 from flatrender.domain.model import CommandType
 from flatrender.domain.notify import job_end_payload
 from flatrender.domain.progress import ProgressInputs
+from flatrender.metrics import Counters
 from flatrender.persistence import job_state, jobs, ledger, notifications, snapshots
 from flatrender.persistence.db import Connection, Database
 from flatrender.storage import ObjectStore, StorageError
@@ -51,6 +53,7 @@ class JobDeps:
     notification_written: Callable[[], None] = lambda: None
     # Told every committed state (the ProgressHub's publish); must not block.
     progress: Callable[[ProgressInputs], None] = lambda _: None
+    counters: Counters = attrs.Factory(Counters)
 
 
 class JobEffects(JobNodes):
@@ -72,6 +75,12 @@ class JobEffects(JobNodes):
         self.cancel_reason = row.cancel_reason
         # When each range's first frame came in (trio time): its holder's pace, for trims.
         self._first_frame_at: dict[UUID, float] = {}
+        # When (trio time) each Pending range became ready to hand out (for those rebuilt
+        # Pending: now), until a node takes it: the start of its dispatch latency.
+        now = trio.current_time()
+        self._ready_at: dict[UUID, float] = {
+            r.id: now for r in state.current_ranges if r.status is js.RangeStatus.PENDING
+        }
         self.preview_b64 = row.image_preview_b64
         self._open_outbox()
         self._publish()
@@ -172,6 +181,14 @@ class JobEffects(JobNodes):
         old, new = self.state, decision.state
         notify = self._notifies(old, new)
         self.state = new
+        if old.step is not new.step:
+            log.info(
+                "job %s: %s -> %s",
+                new.job_id,
+                old.step.value,
+                new.step.value,
+                extra=logs.about(job_id=new.job_id),
+            )
         if on_committed is not None:
             on_committed()
         if notify:
@@ -235,9 +252,13 @@ class JobEffects(JobNodes):
     async def _perform(self, effect: js.Effect, old: js.JobState) -> None:
         job = self.state.job_id
         match effect:
-            case js.RequestReplicaBuilder() | js.QueueRange():
+            case js.QueueRange(range=r):
+                self._ready_at[r.id] = trio.current_time()
                 self.deps.wake_scheduler()
-            case js.RequeueRange(failed_range_id=failed):
+            case js.RequestReplicaBuilder():
+                self.deps.wake_scheduler()
+            case js.RequeueRange(failed_range_id=failed, replacement=r):
+                self._ready_at[r.id] = trio.current_time()
                 was = old.range(failed)
                 if was is not None and was.node_id is not None:
                     self._later(self._unassign, was.node_id, failed, succeeded=False)

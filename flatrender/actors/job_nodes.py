@@ -81,11 +81,16 @@ class JobNodes:
     _out_task = False
 
     async def _give_node(
-        self, node_id: UUID, work_id: UUID, kind: CommandType, payload: dict[str, object]
+        self,
+        node_id: UUID,
+        work_id: UUID,
+        kind: CommandType,
+        payload: dict[str, object],
+        ready_at: float | None = None,
     ) -> bool:
         try:
             await self.deps.fleet.call(
-                node_id, lambda reply: node.Assign(work_id, kind, payload, reply)
+                node_id, lambda reply: node.Assign(work_id, kind, payload, reply, ready_at)
             )
         except (node.NodeNotIdle, NodeUnknown, ActorUnavailable):
             return False

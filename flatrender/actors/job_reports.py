@@ -92,6 +92,7 @@ class JobReports(JobEffects):
                 self._first_frame_at.setdefault(range_id, now)
             for message, ok in zip(reports, accepted, strict=True):
                 answer(message.reply, ok)
+            self.deps.counters.frame_reports += len(reports)
 
         await self._commit(
             js.Decision(state, tuple(effects)),

@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 import attrs
 import trio
 
+from flatrender import logs
 from flatrender.actors.health_writer import check_sample
 from flatrender.actors.mailbox import MESSAGE_ERRORS, answer, fail, refuse
 from flatrender.actors.node_messages import Assign as Assign
@@ -42,6 +43,7 @@ from flatrender.actors.node_work import WORK_COMMANDS as WORK_COMMANDS
 from flatrender.actors.node_work import NodeWork
 from flatrender.domain import node_status as ns
 from flatrender.domain.model import CommandType, CrashAction, HealthSample, NodeCommand
+from flatrender.metrics import Counters
 from flatrender.persistence import nodes
 from flatrender.persistence.db import Connection, Database
 
@@ -77,6 +79,7 @@ class NodeDeps:
     node_idle: Callable[[], None] = lambda: None
     # Told every committed status change (the ProgressHub's admin topic); must not block.
     status_changed: Callable[[UUID, str], None] = lambda node, status: None
+    counters: Counters = attrs.Factory(Counters)
 
 
 # ------------------------------------------------------------------ the actor
@@ -93,6 +96,8 @@ class NodeActor(NodeWork):
     # its heartbeat says (the command may not have reached it yet).
     assigned: set[UUID] = attrs.Factory(set)
     _idle_beats: dict[UUID, int] = attrs.Factory(dict)
+    # Work commands not yet delivered, with when their work became ready (dispatch latency).
+    _ready_at: dict[UUID, float] = attrs.Factory(dict)
     last_sample: HealthSample | None = None
     deadline: float = math.inf
     # When (trio time) the node was last handed work, and how long its last finished piece of
@@ -164,6 +169,7 @@ class NodeActor(NodeWork):
         match message:
             case Heartbeat():
                 answer(message.reply, await self._heartbeat(message))
+                self.deps.counters.heartbeats += 1
             case Online(info=info):
                 now = self.deps.clock()
 
@@ -180,6 +186,7 @@ class NodeActor(NodeWork):
                     self.node_id,
                     info.node_agent_version,
                     info.current_ae_version,
+                    extra=logs.about(node_id=self.node_id),
                 )
                 answer(message.reply, None)
             case CacheChanged(action=action, md5=md5, cache_used_gb=used):
@@ -238,6 +245,8 @@ class NodeActor(NodeWork):
             last_work_sec=self.last_work_sec,
         )
         self.deadline = trio.current_time() + ns.heartbeat_deadline(policy, interval)
+        if self._ready_at:
+            self._delivered(now)
         if dropped:
             log.warning(
                 "node %s is idle but held %d piece(s) of work: released", self.node_id, len(dropped)
@@ -281,6 +290,7 @@ class NodeActor(NodeWork):
             # actor (whose write may be what failed) gets the error, this actor carries on.
             return e
         if outcome.counted:
+            self.deps.counters.crash_reports += 1
             self._set_state(decision.state, "crash reported")
         return outcome
 
@@ -355,6 +365,7 @@ class NodeActor(NodeWork):
                 self.state.status.value,
                 new.status.value,
                 why,
+                extra=logs.about(node_id=self.node_id),
             )
             if new.status is ns.S.IDLE:
                 self.deps.node_idle()
@@ -364,7 +375,12 @@ class NodeActor(NodeWork):
     async def _perform(self, effect: ns.Effect) -> None:
         match effect:
             case ns.DropAssignments(reason=reason):
-                log.warning("node %s lost its work: %s", self.node_id, reason)
+                log.warning(
+                    "node %s lost its work: %s",
+                    self.node_id,
+                    reason,
+                    extra=logs.about(node_id=self.node_id),
+                )
                 self.assigned.clear()
                 # Its ranges are requeued: their commands must not reach it when it is back.
                 await self._withdraw(lambda c: c.type in WORK_COMMANDS)

@@ -62,6 +62,9 @@ class Assign:
     type: CommandType
     payload: dict[str, object]
     reply: Reply  # -> NodeCommand
+    # When (trio time) the work became ready to hand out: its dispatch latency ends when the
+    # command first leaves in a heartbeat answer.
+    ready_at: float | None = None
 
 
 @attrs.frozen

@@ -40,6 +40,7 @@ class NodeWork:
     commands: list[NodeCommand]
     assigned: set[UUID]
     _idle_beats: dict[UUID, int]
+    _ready_at: dict[UUID, float]
     handed_at: float | None
     last_work_sec: float | None
     last_sample: HealthSample | None
@@ -107,7 +108,16 @@ class NodeWork:
         self.assigned.add(message.work_id)
         self.commands.append(command)
         self.handed_at = trio.current_time()
+        if message.ready_at is not None:
+            self._ready_at[command.id] = message.ready_at
         return command
+
+    def _delivered(self, now: float) -> None:
+        """The pending commands just left in a heartbeat answer: their dispatch is over."""
+        for c in self.commands:
+            ready_at = self._ready_at.pop(c.id, None)
+            if ready_at is not None:
+                self.deps.counters.dispatch.observe(now - ready_at)
 
     async def _unassign(self, work_id: UUID, succeeded: bool) -> None:
         if work_id not in self.assigned:
@@ -130,6 +140,8 @@ class NodeWork:
         if gone:
             await nodes.ack_commands(self.deps.db, self.node_id, [c.id for c in gone])
             self.commands = [c for c in self.commands if c not in gone]
+            for c in gone:
+                self._ready_at.pop(c.id, None)
 
 
 def _work_of(command: NodeCommand) -> str:

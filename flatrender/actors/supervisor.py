@@ -95,6 +95,8 @@ class ChildUnavailable(LookupError):
 class ChildStatistics:
     state: ChildState
     restarts: int  # since start_child()
+    # Messages waiting in its inbox, when its handle is a memory channel (else 0).
+    queued: int = 0
 
 
 @attrs.frozen
@@ -118,6 +120,12 @@ class _Child:
     def current_state(self) -> ChildState:
         # Only stop_child() cancels this scope.
         return ChildState.STOPPING if self.cancel_scope.cancel_called else self.state
+
+
+def _queued(handle: Any) -> int:
+    if isinstance(handle, trio.MemorySendChannel):
+        return int(handle.statistics().current_buffer_used)
+    return 0
 
 
 def _unwrap(exc: Exception) -> Exception:
@@ -205,7 +213,9 @@ class Supervisor:
     def statistics(self) -> SupervisorStatistics:
         return SupervisorStatistics(
             children={
-                child_id: ChildStatistics(state=child.current_state, restarts=child.restarts)
+                child_id: ChildStatistics(
+                    state=child.current_state, restarts=child.restarts, queued=_queued(child.handle)
+                )
                 for child_id, child in self._children.items()
             }
         )

@@ -40,6 +40,7 @@ from flatrender.actors.supervisor import ChildSpec, RestartPolicy, Supervisor
 from flatrender.clock import utc_now
 from flatrender.config import Config
 from flatrender.domain.node_status import NodePolicy
+from flatrender.metrics import Counters
 from flatrender.persistence.db import Database
 from flatrender.storage import ObjectStore
 
@@ -72,6 +73,8 @@ class ActorSystem:
         self.db = db
         self.config = config
         self.root = Supervisor(policy, name="root")
+        # What the actors count for GET /metrics (per system: tests run several side by side).
+        self.counters = Counters()
         self.health = HealthWriter(db)
         self.hub = ProgressHub()
         self.fleet = Fleet(
@@ -86,6 +89,7 @@ class ActorSystem:
                 fleet_size=lambda: self.fleet.size(),
                 node_idle=lambda: self.scheduler.wake(),
                 status_changed=self.hub.node_changed,
+                counters=self.counters,
             )
         )
         self.merger = Merger(store)
@@ -100,6 +104,7 @@ class ActorSystem:
                 wake_scheduler=lambda: self.scheduler.wake(),
                 notification_written=lambda: self.notifier.wake(),
                 progress=self.hub.publish,
+                counters=self.counters,
             )
         )
         self.scheduler = Scheduler(db, self.jobs, config)

@@ -14,6 +14,7 @@ from flatrender.http import (
     internal,
     node_updates,
     nodes,
+    ops,
     render_actions,
     renders,
     snapshots,
@@ -48,6 +49,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         exports.bp,
         snapshots.bp,
         ws.bp,
+        ops.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
@@ -59,11 +61,6 @@ def create_app(app_state: AppState) -> QuartTrio:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         await app_state.db.fetchval("SELECT 1")
-        return {"status": "ok"}
-
-    @app.get("/livez")
-    async def livez() -> dict[str, Any]:
-        # Liveness only (no database): also the trivial endpoint bench/heartbeats measures.
         return {"status": "ok"}
 
     require_contract_served(app)

@@ -38,6 +38,9 @@ class AppState:
     # Set by the composition root once the actor system is up (None in socket-free tests
     # that exercise only persistence-backed routes).
     actors: ActorSystem | None = None
+    # Whether this daemon leads (DESIGN §8 [ha]): a standby answers /readyz 503. Without
+    # [ha] enabled a daemon always leads; the leadership session clears it when it is lost.
+    leading: bool = True
     _reloaded: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     def reload(self, config: Config) -> None:
