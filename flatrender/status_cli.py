@@ -1,11 +1,10 @@
 """``flatrender status``: the fleet and the queue in the terminal, from the API (issue 11).
 
-Read with an admin token: the nodes (``GET /v1/nodes``), the jobs by step (``GET /v1/renders``
-per step, one row each: only its ``meta.total`` is read) and, for every job in Preparing,
-Rendering or Merging or held by a node, its detail and ``/progress``. The API lists only the
-caller's own jobs, admins included (``flatrender/http/renders.py``): the step counts are those
-of the token's user, while the running jobs held by nodes are everyone's (an admin reads any job
-by id). Exit status: 0 shown, 2 refused (401/403), 3 unreachable, 4 the API answered an error.
+Read with an admin (or service) token: the nodes (``GET /v1/nodes``), the jobs of every user by
+step (``GET /v1/renders?scope=all`` per step; only ``meta.total`` is read, and the first page of
+the active steps) and, for every job in Preparing, Rendering or Merging or held by a node, its
+detail and ``/progress``. Exit status: 0 shown, 2 refused (401/403), 3 unreachable, 4 the API
+answered an error.
 
 :func:`summarize` turns the API's JSON into the rows shown, without I/O; :func:`draw` prints
 them with ``rich``; :func:`fetch` is the only part that talks to the API.
@@ -30,7 +29,7 @@ OK, REFUSED, UNREACHABLE, API_ERROR = 0, 2, 3, 4
 NODE_STATUSES = ("Idle", "Busy", "Offline", "Maintenance", "Quarantined", "Updating")
 STEPS = ("Queued", "Preparing", "Rendering", "Merging", "Completed", "Failed", "Cancelled")
 ACTIVE_STEPS = ("Preparing", "Rendering", "Merging")
-ACTIVE_PAGE_SIZE = 100  # the running jobs of the caller shown; nodes' jobs come on top
+ACTIVE_PAGE_SIZE = 100  # running jobs shown per step (the newest); nodes' jobs come on top
 TIMEOUT_SEC = 10.0
 
 Json = dict[str, Any]
@@ -169,7 +168,7 @@ def _int(data: Json, key: str) -> int:
 
 
 def running_job_ids(nodes: Sequence[Json], active_jobs: Sequence[Json]) -> list[str]:
-    """The jobs to follow: those nodes hold, then the caller's active ones; each once."""
+    """The jobs to follow: those nodes hold, then the listed active ones; each once."""
     ids = [str(n["current_job_id"]) for n in nodes if n.get("current_job_id")]
     ids += [str(j["id"]) for j in active_jobs]
     return list(dict.fromkeys(ids))
@@ -231,7 +230,7 @@ async def fetch(api: str, token: str) -> Summary:
         active: list[Json] = []
         for step in STEPS:
             size = ACTIVE_PAGE_SIZE if step in ACTIVE_STEPS else 1
-            page = await get_json(http, "/v1/renders", status=step, page_size=size)
+            page = await get_json(http, "/v1/renders", scope="all", status=step, page_size=size)
             totals[step] = int(page["meta"]["total"])
             if step in ACTIVE_STEPS:
                 active += page["data"]
