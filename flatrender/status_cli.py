@@ -31,6 +31,7 @@ STEPS = ("Queued", "Preparing", "Rendering", "Merging", "Completed", "Failed", "
 ACTIVE_STEPS = ("Preparing", "Rendering", "Merging")
 ACTIVE_PAGE_SIZE = 100  # running jobs shown per step (the newest); nodes' jobs come on top
 TIMEOUT_SEC = 10.0
+WIDE_COLUMNS = 120  # narrower: running jobs without their name and progress bar
 
 Json = dict[str, Any]
 
@@ -67,7 +68,7 @@ def error_text(response: httpx.Response) -> str:
         return f"HTTP {response.status_code} {response.reason_phrase}"
     errors = (error.get("details") or {}).get("errors") or []
     fields = [f"{e.get('field')}: {e.get('message')}" for e in errors if isinstance(e, dict)]
-    return "; ".join([text, *fields])
+    return "; ".join([text, *(f for f in fields if f not in text)])
 
 
 async def get_json(http: httpx.AsyncClient, path: str, **params: Any) -> Json:
@@ -188,18 +189,22 @@ def draw(summary: Summary, console: Console, *, title: str) -> None:
         regions.add_row(r.region, *(str(v) for v in (r.nodes, r.idle, r.busy, r.offline, r.other)))
     console.print(regions)
     console.print(_pairs("Jobs by step", "step", summary.jobs_by_step))
+    wide = console.width >= WIDE_COLUMNS
     running = Table(title=f"Running jobs ({len(summary.running)})", title_justify="left")
-    for column in ("job", "name", "step", "frames", "progress", "nodes"):
-        running.add_column(column, justify="right" if column in ("frames", "nodes") else "left")
+    running.add_column("job", no_wrap=True, min_width=36)  # whole: it is what `watch` takes
+    if wide:
+        running.add_column("name", overflow="ellipsis", max_width=30)
+    running.add_column("step", no_wrap=True)
+    running.add_column("frames", justify="right", no_wrap=True)
+    running.add_column("progress" if wide else "done", no_wrap=True)
+    running.add_column("nodes", justify="right", no_wrap=True, min_width=5)
     for j in summary.running:
-        running.add_row(
-            j.job_id,
-            j.name,
-            j.step,
-            f"{j.frames_done}/{j.total_frames}",
-            f"{_bar(j.percent)} {j.percent:3d}%",
-            str(j.active_nodes),
-        )
+        frames, percent = f"{j.frames_done}/{j.total_frames}", f"{j.percent:3d}%"
+        if wide:
+            cells = [j.job_id, j.name, j.step, frames, f"{_bar(j.percent)} {percent}"]
+        else:
+            cells = [j.job_id, j.step, frames, percent]
+        running.add_row(*cells, str(j.active_nodes))
     console.print(running)
 
 

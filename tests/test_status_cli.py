@@ -138,6 +138,15 @@ def test_drawn_tables_show_nodes_regions_steps_and_progress() -> None:
     assert ["Rendering", "1"] in table
 
 
+def test_on_80_columns_the_running_jobs_keep_whole_ids_and_frames() -> None:
+    out = io.StringIO()
+    progress = {**PROGRESS_A, "progress": 100, "total_frames": 1200}
+    summary = summarize(NODES, {}, {JOB_A: DETAIL_A}, {JOB_A: progress})
+    draw(summary, Console(file=out, width=80), title="t")
+    assert [JOB_A, "Rendering", "52/1200", "100%", "2"] in rows(out.getvalue())
+    assert "…" not in out.getvalue()
+
+
 def test_error_text_is_the_apis_message_with_the_fields() -> None:
     body = {
         "error": {
