@@ -105,6 +105,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=Path(".state"), help=argparse.SUPPRESS)
     p.set_defaults(run=_watch)
 
+    p = sub.add_parser(
+        "submit",
+        help="submit a render job (user token), optionally follow it",
+        description="Submit a render of PROJECT_ID (or --demo: the first demo project of "
+        "`flatrender dev`) and print its id and price; --watch then follows it like "
+        "`flatrender watch` and exits with its status. An API error prints its message: exit 1 "
+        "(402, 404, 422), 2 refused (401/403), 3 unreachable, 4 server error. --api and --token "
+        "default to .state/dev.json.",
+    )
+    p.add_argument("project_id", type=UUID, nargs="?", metavar="PROJECT_ID")
+    p.add_argument("--demo", action="store_true", help="the first of dev.json's demo projects")
+    p.add_argument("--quality", default="Low", help="Low, Medium, High, Full, Lossless (Low)")
+    p.add_argument("--resolution", default="HD", help="HD, FullHD, TwoK, FourK (HD)")
+    p.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    p.add_argument("--api", help="orchestrator base URL (default: dev.json's, or :8080)")
+    p.add_argument("--token", help="user JWT (default: dev.json's user token)")
+    p.add_argument("--state-dir", type=Path, default=Path(".state"), help=argparse.SUPPRESS)
+    p.set_defaults(run=_submit)
+
+    p = sub.add_parser(
+        "status",
+        help="the fleet and the queue: nodes by status and region, jobs, progress",
+        description="Nodes by status and by region, jobs by step and the running jobs with "
+        "their progress, read from the API with an admin token. Exit 2 when refused (401/403), "
+        "3 when unreachable, 4 on an API error. --api and --token default to .state/dev.json.",
+    )
+    p.add_argument("--api", help="orchestrator base URL (default: dev.json's, or :8080)")
+    p.add_argument("--token", help="admin JWT (default: dev.json's admin token)")
+    p.add_argument("--watch", type=float, metavar="SEC", help="redraw every SEC seconds")
+    p.add_argument("--state-dir", type=Path, default=Path(".state"), help=argparse.SUPPRESS)
+    p.set_defaults(run=_status)
+
     from flatrender.agent.cli import add_parser as add_agent
     from flatrender.updates_cli import add_parser as add_updates
 
@@ -210,6 +242,27 @@ def _watch(args: argparse.Namespace) -> int:
     from flatrender.watch import run_watch
 
     return run_watch(args.job_id, args.api, args.token, args.state_dir)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from flatrender.submit_cli import run_submit
+
+    return run_submit(
+        args.project_id,
+        demo=args.demo,
+        quality=args.quality,
+        resolution=args.resolution,
+        api=args.api,
+        token=args.token,
+        follow=args.watch,
+        state_dir=args.state_dir,
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from flatrender.status_cli import run_status
+
+    return run_status(args.api, args.token, args.state_dir, args.watch)
 
 
 def _dev_value(key: str) -> str:

@@ -89,6 +89,7 @@ def _document() -> Json:
     doc["components"].setdefault("responses", {}).update(error_responses())
     _add_node_protocol_fields(doc)
     _describe_snapshots(doc)
+    _add_list_scope(doc)
     doc["paths"].update(extension_paths())
     for method, path, operation in _operations(doc):
         _adderror_responses(method, path, operation)
@@ -138,6 +139,15 @@ SNAPSHOT_FRAME = (
     " first frame), not an offset into the scene. It must lie within the scene's"
     " `start_frame..end_frame` (catalog), else 422 naming `$.frame_number`."
 )
+
+
+def _add_list_scope(doc: Json) -> None:
+    """``GET /renders?scope=all`` (issue 11). The contract's parameters are served exactly as
+    given, so the extra one is described in words."""
+    doc["paths"]["/renders"]["get"]["description"] = (
+        "The caller's own jobs, admins included. Query `scope=all` (admins and services only,"
+        " else 403; `mine` is the default) lists every user's jobs."
+    )
 
 
 def _describe_snapshots(doc: Json) -> None:

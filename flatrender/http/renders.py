@@ -4,7 +4,8 @@ A submit is one transaction under the account's row lock: the balance check, the
 charge, the discount redemption and the first log line commit together or not at all, so two
 submits racing for the last money cannot both pass (DESIGN §2.4). Someone else's project or job
 is 404, never 403: ids do not leak. Lists show the caller's own jobs, admins included (an admin
-reads anyone's job by id); a service token has no user, so it cannot list.
+reads anyone's job by id); a service token has no user, so it cannot list. ``scope=all`` lists
+everyone's jobs for admins and services (``flatrender status``), 403 for a user.
 
 The price type is checked under the same account lock (``domain.entitlements``): a user (JWT,
 admins too) submits ``Cash`` or a price type its account holds, else 403
@@ -29,7 +30,7 @@ from flatrender.domain import pricing, submit
 from flatrender.domain.bounds import Int4
 from flatrender.domain.catalog import Project
 from flatrender.domain.entitlements import Submitter, may_submit
-from flatrender.http.auth import Principal, Role, acting_user, require_owner
+from flatrender.http.auth import Principal, Role, acting_user, require_admin, require_owner
 from flatrender.http.codec import dump, pick
 from flatrender.http.common import body, caller, page_from_query, path_uuid, state
 from flatrender.http.errors import (
@@ -275,7 +276,17 @@ async def _record_charge(conn: Connection, row: jobs.JobRow, quote: pricing.Pric
 
 @bp.get("/v1/renders")
 async def list_renders() -> dict[str, Any]:
-    user_id = acting_user(caller())
+    """The caller's jobs; with ``scope=all`` (admins and services) everyone's."""
+    principal = caller()
+    scope = request.args.get("scope") or "mine"
+    if scope not in ("mine", "all"):
+        raise unprocessable(
+            "query parameter scope is invalid",
+            [{"field": "scope", "message": "must be mine or all"}],
+        )
+    if scope == "all":
+        require_admin(principal)
+    user_id = None if scope == "all" else acting_user(principal)
     status = request.args.get("status") or None
     if status is not None and status not in submit.STEPS:
         raise unprocessable(

@@ -144,24 +144,26 @@ async def get_job(db: Database | Connection, job_id: UUID) -> JobRow | None:
 
 LIST_JOBS = """
 SELECT *, count(*) OVER () AS total FROM render_jobs
-WHERE user_id = $1 AND kind = 'Render' AND ($2::text IS NULL OR step = $2)
+WHERE ($1::uuid IS NULL OR user_id = $1) AND kind = 'Render' AND ($2::text IS NULL OR step = $2)
 ORDER BY queued_at DESC, id
 LIMIT $3 OFFSET $4
 """
 
 
 async def list_jobs(
-    db: Database, user_id: UUID, step: str | None, limit: int, offset: int
+    db: Database, user_id: UUID | None, step: str | None, limit: int, offset: int
 ) -> tuple[list[JobRow], int]:
+    """A page of render jobs, newest first: ``user_id``'s, or everyone's when None."""
     records = await db.fetch(LIST_JOBS, user_id, step, limit, offset)
     total = int(records[0]["total"]) if records else await _count(db, user_id, step)
     return [job_from(r) for r in records], total
 
 
-async def _count(db: Database, user_id: UUID, step: str | None) -> int:
+async def _count(db: Database, user_id: UUID | None, step: str | None) -> int:
     return int(
         await db.fetchval(
-            "SELECT count(*) FROM render_jobs WHERE user_id = $1 AND kind = 'Render' "
+            "SELECT count(*) FROM render_jobs WHERE ($1::uuid IS NULL OR user_id = $1) "
+            "AND kind = 'Render' "
             "AND ($2::text IS NULL OR step = $2)",
             user_id,
             step,

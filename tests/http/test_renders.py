@@ -385,6 +385,25 @@ async def test_list_rejects_bad_query(api, tokens: Tokens, query: str) -> None:
     )
 
 
+async def test_list_scope_all_is_everyones_jobs_for_admins_and_services(
+    api, db, tokens: Tokens
+) -> None:
+    mine = await make_project(db, tokens.user_id)
+    theirs = await make_project(db, tokens.other_user_id)
+    ids = await free_jobs(api, db, tokens.user, mine, 2)
+    ids += await free_jobs(api, db, tokens.other_user, theirs, 1)
+    for token in (tokens.admin, tokens.service):
+        response = await api.get("/v1/renders?scope=all&page_size=100", headers=bearer(token))
+        assert response.status_code == 200
+        assert {j["id"] for j in (await response.get_json())["data"]} == set(ids)
+    own = await api.get("/v1/renders?status=Queued", headers=bearer(tokens.admin))
+    assert (await own.get_json())["meta"]["total"] == 0  # without scope: the admin's own
+    refused = await api.get("/v1/renders?scope=all", headers=bearer(tokens.user))
+    assert refused.status_code == 403
+    bad = await api.get("/v1/renders?scope=everyone", headers=bearer(tokens.admin))
+    assert (await bad.get_json())["error"]["details"]["errors"][0]["field"] == "scope"
+
+
 async def test_list_needs_a_user(api, tokens: Tokens) -> None:
     assert (await api.get("/v1/renders")).status_code == 401
     response = await api.get("/v1/renders", headers=bearer(tokens.service))
