@@ -49,6 +49,7 @@ _STATE_CONFLICTS = {
     ("post", "/renders/{job_id}/cancel"),
     ("post", "/renders/{job_id}/retry"),
     ("post", "/exports/{export_id}/extend"),
+    ("post", "/nodes"),  # node_name_taken
 }
 _CHARGED = {
     ("post", "/renders"),
