@@ -104,6 +104,7 @@ class Daemon:
                 if interval is not None:
                     root.start_soon(systemd.watchdog_loop, interval)
                 log.info("serving on %s", ", ".join(self.binds))
+                system.ready()
                 systemd.ready()
                 task_status.started(self)
                 await self._stop.wait()
@@ -138,6 +139,9 @@ class Daemon:
             done.set()
 
     def stop(self) -> None:
+        # Before anything else: from this moment no node deadline fires (DESIGN §8).
+        if self.app_state is not None and self.app_state.actors is not None:
+            self.app_state.actors.freeze()
         self._stop.set()
 
     async def stopping(self) -> None:

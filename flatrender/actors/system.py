@@ -25,7 +25,7 @@ from flatrender.actors.job import JobDeps
 from flatrender.actors.jobs import JobSystem, JobUnknown
 from flatrender.actors.mailbox import ActorUnavailable, Reply
 from flatrender.actors.merger import Merger
-from flatrender.actors.node import NodeDeps
+from flatrender.actors.node import Liveness, NodeDeps
 from flatrender.actors.notifier import Notifier
 from flatrender.actors.reaper import (
     Reaper,
@@ -74,6 +74,7 @@ class ActorSystem:
         self.root = Supervisor(policy, name="root")
         self.health = HealthWriter(db)
         self.hub = ProgressHub()
+        self.liveness = Liveness()
         self.fleet = Fleet(
             NodeDeps(
                 db=db,
@@ -86,6 +87,7 @@ class ActorSystem:
                 fleet_size=lambda: self.fleet.size(),
                 node_idle=lambda: self.scheduler.wake(),
                 status_changed=self.hub.node_changed,
+                liveness=self.liveness,
             )
         )
         self.merger = Merger(store)
@@ -135,6 +137,7 @@ class ActorSystem:
                     await self.root.start_child(ChildSpec("rollout", self.rollout.run))
                     await self.root.start_child(ChildSpec("reaper", self.reaper.run))
                     await self.root.start_child(ChildSpec("notifier", self.notifier.run))
+                    self.ready()
                     task_status.started(self)
         finally:
             self._done.set()
@@ -160,6 +163,17 @@ class ActorSystem:
             log.warning("could not abort job %s now: %s", job_id, e)
             return False
         return True
+
+    def ready(self) -> None:
+        """Every actor is up (and again once the daemon serves): every node's timeout counts
+        from now, whatever its row's last heartbeat or its actor's start (DESIGN §8)."""
+        self.liveness.ready()
+
+    def freeze(self) -> None:
+        """Shutdown began: no node deadline fires any more, so nothing is declared Offline or
+        requeued on the way out; what in-flight requests commit still is (DESIGN §8)."""
+        self.liveness.freeze()
+        log.info("shutdown: node deadlines frozen")
 
     async def drain(self) -> None:
         """Stop every actor; the health writer flushes what it holds on its way out."""
