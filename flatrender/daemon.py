@@ -108,6 +108,7 @@ class Daemon:
                 systemd.ready()
                 task_status.started(self)
                 await self._stop.wait()
+                root.start_soon(system.quiesce)
                 systemd.stopping()
                 # WebSocket watchers hold their connections open: close them now (1001) or
                 # Hypercorn waits out its grace period and they see 1006.

@@ -109,3 +109,16 @@ async def test_on_start_every_node_gets_a_full_timeout_from_readiness(
         assert await db_status(second, idle) == "Offline"
         assert busy not in lost
         await second.drain()
+
+
+async def test_once_quiesced_no_self_driven_actor_runs_and_requests_are_still_served(
+    actor_system: ActorSystem,
+) -> None:
+    node_id = await register(actor_system)
+    actor_system.freeze()
+    await actor_system.quiesce()
+    for child_id in ("scheduler", "rollout", "reaper", "notifier"):
+        assert not actor_system.root.has_child(child_id)
+    actor_system.scheduler.wake()  # what an in-flight request may still do: harmless
+    await heartbeat(actor_system, node_id)
+    assert await db_status(actor_system, node_id) == "Idle"

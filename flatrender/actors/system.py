@@ -45,6 +45,11 @@ from flatrender.storage import ObjectStore
 
 log = logging.getLogger("flatrender.actors")
 
+# Actors that write on their own schedule rather than for a request: stopped once shutdown
+# begins, so that what in-flight requests commit is all that is written (DESIGN §8). Their
+# wake() calls stay harmless (an event set); the next start resumes their work.
+SELF_DRIVEN = ("scheduler", "rollout", "reaper", "notifier")
+
 
 def node_policy(config: Config) -> NodePolicy:
     nodes = config.nodes
@@ -174,6 +179,13 @@ class ActorSystem:
         requeued on the way out; what in-flight requests commit still is (DESIGN §8)."""
         self.liveness.freeze()
         log.info("shutdown: node deadlines frozen")
+
+    async def quiesce(self) -> None:
+        """Stop the self-driven actors (no dispatch, reaping, rollout or webhook from now on);
+        node and job actors keep serving the requests in flight."""
+        for child_id in SELF_DRIVEN:
+            if self.root.has_child(child_id):
+                await self.root.stop_child(child_id)
 
     async def drain(self) -> None:
         """Stop every actor; the health writer flushes what it holds on its way out."""
