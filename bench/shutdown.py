@@ -123,6 +123,8 @@ async def run(args: argparse.Namespace, env: h.Environment) -> int:
         assigned = await hand_out(f, fleet, jobs, ranges)
         progress(f"{assigned} ranges in hand; heartbeating, then SIGTERM")
         load = asyncio.create_task(keep_alive(f, fleet, 60.0))
+        # Once the daemon is gone the nodes' reconnections are refused: expected, not news.
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)
         try:
             took, code = await sigterm(daemon)
         finally:
