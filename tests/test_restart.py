@@ -7,6 +7,7 @@ timeout from the new daemon's readiness, and its next reports are accepted)."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -39,10 +40,24 @@ async def test_sigterm_restart_mid_render_requeues_nothing_and_the_job_completes
         seen = await f.poll(path, _some_validated_some_rendering, 60)
         assert not terminal(seen)
         assert f.daemon is not None
-        began = time.monotonic()
-        f.daemon.send_signal(signal.SIGTERM)
-        assert await trio.to_thread.run_sync(f.daemon.wait, 20) == 0
-        assert time.monotonic() - began < 3.0  # grace_sec; nothing was in flight long
+        # A request still in flight (its body half sent) holds the drain for all of grace_sec
+        # (3 s, as long as the heartbeat timeout): the nodes' deadlines pass meanwhile.
+        with socket.create_connection(("127.0.0.1", f.port)) as slow:
+            slow.sendall(
+                b"POST /v1/renders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + f.user_token.encode() + b"\r\n"
+                b"Content-Length: 1000\r\n\r\n{"
+            )
+            await trio.sleep(0.2)
+            began = time.monotonic()
+            f.daemon.send_signal(signal.SIGTERM)
+            assert await trio.to_thread.run_sync(f.daemon.wait, 20) == 0
+            assert time.monotonic() - began < 3.0 + 2
+        # The new daemon gives every node a full timeout from its readiness; the agents, backing
+        # off while it was down (up to ~8 s here), need longer than 3 s to be heard again.
+        f.toml_extra = f.toml_extra.replace(
+            "heartbeat_timeout_sec = 3", "heartbeat_timeout_sec = 10"
+        )
         await f.start_daemon()
 
         final = await f.poll(path, terminal, 90)
