@@ -808,14 +808,14 @@ class WorkingFleet(SimFleet):
                 self.stale.add(str(command["id"]))
                 continue
             node.fields.update(status="Busy", current_job_id=command["job_id"])
-            node.signed_at = 0  # re-sign the changed body
+            node.body = b""  # encoded (and so signed) anew
 
     def reboot(self) -> None:
         """Every node comes back with nothing in hand."""
         for node in self.nodes:
             node.fields.update(status="Idle", current_job_id=None)
             node.acks = []
-            node.signed_at = 0
+            node.body = b""
 
 
 def start_py_spy(f: Farm, daemon: h.DaemonProcess, name: str) -> subprocess.Popen[bytes] | None:

@@ -3,8 +3,10 @@
 ``Daemon.run`` owns, inside ``trio_asyncio.open_loop()``: the database pool, the actor system and
 the HTTP front (Hypercorn as one child of the root nursery, never the owner of the actors).
 It publishes readiness (``task_status.started`` and systemd ``READY=1``) only once every part
-is up, and on :meth:`Daemon.stop` stops accepting, lets in-flight requests finish within the
-grace period, stops the actors and returns.
+is up; every node's heartbeat timeout counts from that moment. On :meth:`Daemon.stop` it freezes
+the node deadlines at once (no node goes Offline, nothing is requeued on the way out), stops the
+self-driven actors, stops accepting, lets in-flight requests finish within the grace period,
+stops the actors and returns (DESIGN §8).
 """
 
 from __future__ import annotations
@@ -104,9 +106,11 @@ class Daemon:
                 if interval is not None:
                     root.start_soon(systemd.watchdog_loop, interval)
                 log.info("serving on %s", ", ".join(self.binds))
+                system.ready()
                 systemd.ready()
                 task_status.started(self)
                 await self._stop.wait()
+                root.start_soon(system.quiesce)
                 systemd.stopping()
                 # WebSocket watchers hold their connections open: close them now (1001) or
                 # Hypercorn waits out its grace period and they see 1006.
@@ -138,6 +142,11 @@ class Daemon:
             done.set()
 
     def stop(self) -> None:
+        # Before anything else: from this moment no node deadline fires (DESIGN §8).
+        if self.app_state is not None:
+            self.app_state.draining = True
+            if self.app_state.actors is not None:
+                self.app_state.actors.freeze()
         self._stop.set()
 
     async def stopping(self) -> None:
@@ -173,6 +182,10 @@ class Daemon:
         hc.bind = systemd.hypercorn_binds(
             self.listen_fds, self.config.http.host, self.config.http.port
         )
+        # Bounds the in-flight requests only: an idle keep-alive connection is closed as soon as
+        # shutdown_trigger returns (Hypercorn's TCPServer._idle_timeout waits on
+        # context.terminated), so agents' pooled connections are not waited out
+        # (tests/test_shutdown.py).
         hc.graceful_timeout = self.config.http.grace_sec
         # Server pings keep idle progress WebSockets alive through proxies that cut silence.
         hc.websocket_ping_interval = WS_PING_INTERVAL_SEC

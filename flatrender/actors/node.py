@@ -56,6 +56,37 @@ async def _nothing() -> None:
     return None
 
 
+@attrs.define
+class Liveness:
+    """When node deadlines may fire (DESIGN §8): a node is declared Offline only after a full
+    ``heartbeat_timeout_sec`` from the daemon's readiness, and never once shutdown began.
+
+    Read lazily by each actor when its deadline comes, so readiness and the freeze need no
+    message to thousands of actors.
+    """
+
+    # trio time the daemon became ready: the actor system marks it once every actor is up and
+    # the daemon again once it serves requests (the later one counts); None while it starts.
+    ready_at: float | None = None
+    frozen: bool = False
+
+    def ready(self) -> None:
+        self.ready_at = trio.current_time()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def hold_until(self, timeout_sec: float) -> float | None:
+        """The later deadline a due node gets instead of going Offline, or None: it may."""
+        if self.frozen:
+            return math.inf
+        if self.ready_at is None:
+            return trio.current_time() + timeout_sec
+        if trio.current_time() < self.ready_at + timeout_sec:
+            return self.ready_at + timeout_sec
+        return None
+
+
 class SampleSink(Protocol):
     def submit(self, sample: HealthSample) -> bool: ...
 
@@ -80,6 +111,8 @@ class NodeDeps:
     # Told every committed status change (the ProgressHub's admin topic); must not block.
     status_changed: Callable[[UUID, str], None] = lambda node, status: None
     counters: Counters = attrs.Factory(Counters)
+    # Readiness and the shutdown freeze: whether a due deadline may declare a node Offline.
+    liveness: Liveness = attrs.field(factory=Liveness)
 
 
 # ------------------------------------------------------------------ the actor
@@ -116,7 +149,8 @@ class NodeActor(NodeWork):
     ) -> None:
         """Rebuild from PostgreSQL (or rows loaded in bulk at start-up), then serve messages.
 
-        A live node gets a fresh deadline: it proves itself alive with its next heartbeat.
+        A live node gets a fresh deadline: it proves itself alive with its next heartbeat, and
+        is given a full timeout from the daemon's readiness for it (:class:`Liveness`).
         """
         if preloaded is None:
             row = await nodes.get(deps.db, node_id)
@@ -148,6 +182,10 @@ class NodeActor(NodeWork):
                 with trio.move_on_at(self.deadline):
                     message = await inbox.receive()
                 if message is None:
+                    held = self.deps.liveness.hold_until(self.deps.policy().heartbeat_timeout_sec)
+                    if held is not None:
+                        self.deadline = held
+                        continue
                     self.deadline = math.inf
                     await self._apply(ns.DeadlineExpired(self.deps.clock()))
                 else:

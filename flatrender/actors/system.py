@@ -25,7 +25,7 @@ from flatrender.actors.job import JobDeps
 from flatrender.actors.jobs import JobSystem, JobUnknown
 from flatrender.actors.mailbox import ActorUnavailable, Reply
 from flatrender.actors.merger import Merger
-from flatrender.actors.node import NodeDeps
+from flatrender.actors.node import Liveness, NodeDeps
 from flatrender.actors.notifier import Notifier
 from flatrender.actors.reaper import (
     Reaper,
@@ -45,6 +45,11 @@ from flatrender.persistence.db import Database
 from flatrender.storage import ObjectStore
 
 log = logging.getLogger("flatrender.actors")
+
+# Actors that write on their own schedule rather than for a request: stopped once shutdown
+# begins, so that what in-flight requests commit is all that is written (DESIGN §8). Their
+# wake() calls stay harmless (an event set); the next start resumes their work.
+SELF_DRIVEN = ("scheduler", "rollout", "reaper", "notifier")
 
 
 def node_policy(config: Config) -> NodePolicy:
@@ -77,6 +82,7 @@ class ActorSystem:
         self.counters = Counters()
         self.health = HealthWriter(db)
         self.hub = ProgressHub()
+        self.liveness = Liveness()
         self.fleet = Fleet(
             NodeDeps(
                 db=db,
@@ -90,6 +96,7 @@ class ActorSystem:
                 node_idle=lambda: self.scheduler.wake(),
                 status_changed=self.hub.node_changed,
                 counters=self.counters,
+                liveness=self.liveness,
             )
         )
         self.merger = Merger(store)
@@ -140,6 +147,7 @@ class ActorSystem:
                     await self.root.start_child(ChildSpec("rollout", self.rollout.run))
                     await self.root.start_child(ChildSpec("reaper", self.reaper.run))
                     await self.root.start_child(ChildSpec("notifier", self.notifier.run))
+                    self.ready()
                     task_status.started(self)
         finally:
             self._done.set()
@@ -165,6 +173,24 @@ class ActorSystem:
             log.warning("could not abort job %s now: %s", job_id, e)
             return False
         return True
+
+    def ready(self) -> None:
+        """Every actor is up (and again once the daemon serves): every node's timeout counts
+        from now, whatever its row's last heartbeat or its actor's start (DESIGN §8)."""
+        self.liveness.ready()
+
+    def freeze(self) -> None:
+        """Shutdown began: no node deadline fires any more, so nothing is declared Offline or
+        requeued on the way out; what in-flight requests commit still is (DESIGN §8)."""
+        self.liveness.freeze()
+        log.info("shutdown: node deadlines frozen")
+
+    async def quiesce(self) -> None:
+        """Stop the self-driven actors (no dispatch, reaping, rollout or webhook from now on);
+        node and job actors keep serving the requests in flight."""
+        for child_id in SELF_DRIVEN:
+            if self.root.has_child(child_id):
+                await self.root.stop_child(child_id)
 
     async def drain(self) -> None:
         """Stop every actor; the health writer flushes what it holds on its way out."""

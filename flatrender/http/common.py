@@ -41,6 +41,8 @@ class AppState:
     # Whether this daemon leads (DESIGN §8 [ha]): a standby answers /readyz 503. Without
     # [ha] enabled a daemon always leads; the leadership session clears it when it is lost.
     leading: bool = True
+    # Set by Daemon.stop: a load balancer reading /readyz stops sending work here at once.
+    draining: bool = False
     _reloaded: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     def reload(self, config: Config) -> None:

@@ -72,6 +72,7 @@ async def readiness(app_state: AppState) -> dict[str, str]:
         "object_storage": "unchecked",
         "actors": "ok" if app_state.actors is not None else "not rebuilt yet",
         "leader": "ok" if app_state.leading else "standby",
+        "running": "stopping" if app_state.draining else "ok",
     }
 
     async def database() -> None:

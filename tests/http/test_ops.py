@@ -17,6 +17,7 @@ from flatrender.actors import job
 from flatrender.actors.supervisor import ChildSpec, Supervisor
 from flatrender.actors.system import ActorSystem
 from flatrender.config import Config
+from flatrender.daemon import Daemon
 from flatrender.embedded import EmbeddedPostgres
 from flatrender.http.app import create_app
 from flatrender.http.common import AppState
@@ -58,7 +59,13 @@ async def test_livez_answers_without_a_token(client) -> None:
 async def test_readyz_is_200_when_database_storage_and_actors_answer(client) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
-    checks = {"database": "ok", "object_storage": "ok", "actors": "ok", "leader": "ok"}
+    checks = {
+        "database": "ok",
+        "object_storage": "ok",
+        "actors": "ok",
+        "leader": "ok",
+        "running": "ok",
+    }
     assert await response.get_json() == {"status": "ready", "checks": checks}
 
 
@@ -70,6 +77,7 @@ async def test_readyz_is_503_before_the_actors_are_rebuilt(config: Config, db: D
         "object_storage": "ok",
         "actors": "not rebuilt yet",
         "leader": "ok",
+        "running": "ok",
     }
 
 
@@ -78,6 +86,16 @@ async def test_readyz_is_503_on_a_standby(app_state: AppState) -> None:
     checks = await not_ready(await get(app_state, "/readyz"))
     assert checks["leader"] == "standby"
     assert checks["database"] == checks["object_storage"] == checks["actors"] == "ok"
+
+
+async def test_readyz_is_503_from_the_moment_the_daemon_is_told_to_stop(
+    app_state: AppState,
+) -> None:
+    daemon = Daemon(app_state.config, app_state=app_state)
+    daemon.stop()
+    checks = await not_ready(await get(app_state, "/readyz"))
+    assert checks["running"] == "stopping"
+    assert checks["leader"] == checks["database"] == checks["actors"] == "ok"
 
 
 async def test_readyz_is_503_when_object_storage_is_unreachable(app_state: AppState) -> None:
