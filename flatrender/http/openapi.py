@@ -44,12 +44,13 @@ _SUCCESS_DESCRIPTIONS = {"200": "OK", "201": "Created", "202": "Accepted", "204"
 # Lease fencing (DESIGN §4) applies to the node reports about an assigned range.
 _FENCED_SUFFIXES = ("/frames", "/crash", "/replica-ready")
 # Conflicts with the current state of the resource: a terminal job, a job that is not Failed,
-# an expired export.
+# an expired export, a node name or a discount code already taken.
 _STATE_CONFLICTS = {
     ("post", "/renders/{job_id}/cancel"),
     ("post", "/renders/{job_id}/retry"),
     ("post", "/exports/{export_id}/extend"),
     ("post", "/nodes"),  # node_name_taken
+    ("post", "/renders"),  # discount_code_used
 }
 _CHARGED = {
     ("post", "/renders"),
